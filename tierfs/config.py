@@ -1,0 +1,356 @@
+"""The tierfs configuration: one TOML file, validated by pydantic.
+
+Keys that exist today keep their meaning; new keys are added with defaults so that
+configs written for an older version keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tierfs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = Path("/etc/tierfs/config.toml")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_size(value: object) -> int:
+    """Parse a byte size such as ``200G``, ``512MiB``, ``1.5T`` or a plain integer.
+
+    Units are binary (``G`` means GiB), as for tmpfs ``size=``.
+
+    Args:
+        value: an int, or a string with an optional unit.
+
+    Raises:
+        ValueError: the value is not a non-negative size.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like '200G', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            number, unit, _suffix = match.groups()
+            return int(float(number) * (1 << _SIZE_SHIFT[unit.lower()]))
+    raise ValueError(f"expected a size like '200G' or '512MiB', got {value!r}")
+
+
+def format_size(n: float) -> str:
+    """Format a byte count with a binary unit, e.g. ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64)"
+        )
+    return value
+
+
+Name = Annotated[str, BeforeValidator(lambda v: v), Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColdStoreConfig(_Strict):
+    """A read-only store of model files. tierfs never writes to it."""
+
+    name: str
+    path: Path
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_directory(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        if not value.exists():
+            raise ValueError(f"{str(value)!r} does not exist")
+        if not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a directory")
+        return value
+
+
+class TierConfig(_Strict):
+    """A RAM tier that holds hot copies.
+
+    ``kind = "ram"`` is a local tmpfs; ``kind = "remote"`` is another host's RAM disk
+    exported over NVMe-oF and mounted at ``path`` by the operator.
+    """
+
+    name: str
+    path: Path
+    size: Size
+    rank: int = 0
+    kind: Literal["ram", "remote"] = "ram"
+    # As root, mount a tmpfs of `size` at `path` when it is not a mount point yet.
+    mount_tmpfs: bool = True
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1 << 20:
+            raise ValueError(f"{value} bytes is too small for a tier (at least 1MiB)")
+        return value
+
+
+class PolicyConfig(_Strict):
+    """When models move between tiers by themselves."""
+
+    promote_on_open: bool = True
+    # Files smaller than this never trigger a promotion on open.
+    min_size: Size = 0
+    # After a model was demoted, it is not promoted again on open for this long.
+    cooldown_s: float = Field(default=300.0, ge=0)
+    high_watermark: float = Field(default=0.95, gt=0, le=1)
+    low_watermark: float = Field(default=0.85, gt=0, le=1)
+    max_parallel_copies: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _watermarks_ordered(self) -> PolicyConfig:
+        if self.low_watermark > self.high_watermark:
+            raise ValueError(
+                f"low_watermark ({self.low_watermark}) must not exceed "
+                f"high_watermark ({self.high_watermark})"
+            )
+        return self
+
+
+class ReadConfig(_Strict):
+    """Tuning of the read path through the mount. The defaults are meant to be right."""
+
+    # Kernel readahead of the mount's backing device info (bdi read_ahead_kb).
+    readahead: Size = 16 << 20
+    # How far ahead of a sequential reader tierfs pushes bytes into the page cache.
+    prefetch_window: Size = 64 << 20
+    prefetch_chunk: Size = 4 << 20
+    io_threads: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("prefetch_chunk")
+    @classmethod
+    def _page_multiple(cls, value: int) -> int:
+        if value <= 0 or value % 4096:
+            raise ValueError(f"{value} is not a positive multiple of 4096")
+        return value
+
+
+class Config(_Strict):
+    """The whole configuration of one tierfs mount."""
+
+    mountpoint: Path = Path("/models")
+    state_dir: Path = Path("/var/lib/tierfs")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_other: bool = False
+    # Let the kernel check the presented modes, so the mount behaves like a local disk.
+    default_permissions: bool = True
+    cold: list[ColdStoreConfig] = Field(min_length=1)
+    tier: list[TierConfig] = Field(default_factory=list)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    read: ReadConfig = Field(default_factory=ReadConfig)
+
+    @field_validator("mountpoint", "state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        _unique([c.name for c in self.cold], "cold", "name")
+        _unique([str(c.path) for c in self.cold], "cold", "path")
+        _unique([t.name for t in self.tier], "tier", "name")
+        _unique([str(t.path) for t in self.tier], "tier", "path")
+        clash = {c.name for c in self.cold} & {t.name for t in self.tier}
+        if clash:
+            raise ValueError(f"name {sorted(clash)[0]!r} is used by a cold store and a tier")
+        for store in self.cold:
+            if _is_within(self.mountpoint, store.path) or _is_within(store.path, self.mountpoint):
+                raise ValueError(
+                    f"mountpoint {str(self.mountpoint)!r} overlaps cold store {store.name!r}"
+                )
+        return self
+
+    def tier_by_name(self, name: str) -> TierConfig | None:
+        return next((t for t in self.tier if t.name == name), None)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.state_dir / "catalog.sqlite"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "control.sock"
+
+
+def _unique(values: list[str], section: str, key: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"two [[{section}]] entries have {key} {value!r}")
+        seen.add(value)
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    try:
+        inner.resolve().relative_to(outer.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Config:
+    """Validate a parsed config.
+
+    Args:
+        data: the TOML document as a dict.
+        source: the file name used in error messages.
+
+    Raises:
+        ConfigError: naming the file, the key and what is wrong.
+    """
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _format_loc(tuple(first["loc"])) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        elif "input" in first and first["type"].endswith("_type"):
+            message = f"{message} (got {first['input']!r})"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ConfigError(message, path=source, key=key) from None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate a config file.
+
+    Args:
+        path: the TOML file; `DEFAULT_CONFIG_PATH` when None.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or not a valid config.
+    """
+    path = path or Path(os.environ.get("TIERFS_CONFIG", DEFAULT_CONFIG_PATH))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason})", path=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", path=str(path)) from None
+    return config_from_dict(data, source=str(path))
+
+
+def demo_config(base: Path) -> Config:
+    """The built-in config of the demo: everything lives under `base`.
+
+    Args:
+        base: the demo directory, holding ``cold/`` (built by `tierfs.demo`).
+    """
+    base = base.resolve()
+    return config_from_dict(
+        {
+            "mountpoint": str(base.parent / "mnt") if base.name == "demo" else str(base / "mnt"),
+            "state_dir": str(base / "state"),
+            "cold": [{"name": "demo", "path": str(base / "cold")}],
+            "tier": [{"name": "ram0", "path": str(base / "ram0"), "size": "1G", "rank": 0}],
+        },
+        source="<built-in demo config>",
+    )
+
+
+def to_toml(config: Config) -> str:
+    """Render a config as TOML, the effective values included."""
+    data = config.model_dump(mode="json")
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list):
+            arrays.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, table in tables:
+        lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    for key, items in arrays:
+        for item in items:
+            lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise TypeError(f"cannot render {value!r} as TOML")

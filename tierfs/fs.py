@@ -1,0 +1,274 @@
+"""The FUSE boundary: translate kernel requests into namespace and read-path calls.
+
+Nothing here decides anything. Errors from the layers below arrive as `TierfsError`
+and leave as ``FUSEError(errno)``; blocking work goes to worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from tierfs.errors import TierfsError
+from tierfs.namespace import ROOT_INODE, Kind, Namespace, Node
+from tierfs.placement import Placement
+from tierfs.readpath import ReadPath
+
+log = logging.getLogger(__name__)
+
+XATTR_TIER = b"user.tierfs.tier"
+XATTR_BACKING = b"user.tierfs.backing"
+XATTR_XXH3 = b"user.tierfs.xxh3"
+XATTR_STATS = b"user.tierfs.stats"
+FILE_XATTRS = (XATTR_TIER, XATTR_BACKING, XATTR_XXH3)
+
+# Attributes never change while served, so the kernel may keep them long; a cold file
+# that changes underneath is invalidated explicitly.
+ATTR_TIMEOUT = 300.0
+ENTRY_TIMEOUT = 300.0
+DIR_ENTRY_TIMEOUT = 5.0
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def _erofs(*_args: object) -> NoReturn:
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+@asynccontextmanager
+async def _fuse_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except TierfsError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENODATA):
+            log.warning("%s", exc)
+        raise pyfuse3.FUSEError(exc.errno) from None
+    except OSError as exc:
+        log.warning("unexpected OS error: %s", exc)
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+
+class TierfsOperations(pyfuse3.Operations):  # type: ignore[misc]
+    """pyfuse3 request handlers over a namespace, a placement and a read path.
+
+    Args:
+        namespace: the merged cold namespace.
+        placement: decides which copy serves new opens, and sees every open.
+        readpath: open handles and reads.
+    """
+
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, namespace: Namespace, placement: Placement, readpath: ReadPath) -> None:
+        super().__init__()
+        self.namespace = namespace
+        self.placement = placement
+        self.readpath = readpath
+        # Scans of cold directories are blocking I/O; one at a time is plenty.
+        self._ns_limiter = trio.CapacityLimiter(1)
+        self._dir_handles: dict[int, list[Node]] = {}
+        self._next_dir_fh = 1
+
+    async def _ns(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        result = await trio.to_thread.run_sync(
+            lambda: fn(*args, **kwargs), limiter=self._ns_limiter
+        )
+        await self._invalidate_changed()
+        return result
+
+    async def _invalidate_changed(self) -> None:
+        for node in self.namespace.take_changed_files():
+            self.readpath.forget_inode(node.inode)
+            await self.placement.cold_changed(node)
+            try:
+                pyfuse3.invalidate_inode(node.inode, attr_only=False)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("invalidating %s failed: %s", node.relpath, exc)
+
+    def entry_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = node.attrs
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = node.inode
+        entry.generation = 0
+        entry.entry_timeout = DIR_ENTRY_TIMEOUT if node.is_dir else ENTRY_TIMEOUT
+        entry.attr_timeout = ATTR_TIMEOUT
+        # The mount is read-only; presenting write bits would only invite EROFS.
+        entry.st_mode = attrs.mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        entry.st_nlink = 2 if node.is_dir else 1
+        entry.st_uid = attrs.uid
+        entry.st_gid = attrs.gid
+        entry.st_rdev = 0
+        entry.st_size = attrs.size
+        entry.st_blksize = 1 << 20
+        entry.st_blocks = attrs.blocks
+        entry.st_atime_ns = attrs.mtime_ns
+        entry.st_mtime_ns = attrs.mtime_ns
+        entry.st_ctime_ns = attrs.ctime_ns
+        return entry
+
+    # Metadata --------------------------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        async with _fuse_errors():
+            text = os.fsdecode(name)
+            if text == ".":
+                node = self.namespace.get(parent_inode)
+            elif text == "..":
+                node = self.namespace.get(self.namespace.get(parent_inode).parent)
+            else:
+                node = await self._ns(self.namespace.lookup, parent_inode, text)
+            return self.entry_attributes(node)
+
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        async with _fuse_errors():
+            return self.entry_attributes(self.namespace.get(inode))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        async with _fuse_errors():
+            node = self.namespace.get(inode)
+            if node.kind is not Kind.SYMLINK or node.target is None:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            return os.fsencode(node.target)
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        async with _fuse_errors():
+            # A listing is taken once per opendir so readdir offsets stay stable.
+            children = await self._ns(self.namespace.listdir, inode)
+            fh = self._next_dir_fh
+            self._next_dir_fh += 1
+            self._dir_handles[fh] = children
+            return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        children = self._dir_handles.get(fh)
+        if children is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        for index in range(start_id, len(children)):
+            child = children[index]
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(child.name), self.entry_attributes(child), index + 1
+            ):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        bsize, blocks, free, files = await trio.to_thread.run_sync(self.namespace.stat_totals)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = bsize
+        data.f_frsize = bsize
+        data.f_blocks = blocks
+        data.f_bfree = free
+        data.f_bavail = free
+        data.f_files = files
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        # Only reached without default_permissions; the mount is read-only either way.
+        if mode & os.W_OK:
+            return False
+        return True
+
+    # Files -----------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        async with _fuse_errors():
+            node = self.namespace.get(inode)
+            if node.kind is not Kind.FILE:
+                raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+            backing = await self.placement.backing_for_open(node)
+            handle = await self.readpath.open(inode, backing, node.attrs.size)
+            # keep_cache: the presented bytes never change under an inode, so pages
+            # cached by an earlier open (or pushed by prefetch) stay valid. Never
+            # direct_io: it breaks mmap(MAP_SHARED), which llama.cpp uses.
+            return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True, direct_io=False)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        async with _fuse_errors():
+            return await self.readpath.read(fh, off, size)
+
+    async def release(self, fh: int) -> None:
+        async with _fuse_errors():
+            handle = await self.readpath.release(fh)
+            self.placement.closed(handle)
+
+    # Extended attributes ---------------------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        async with _fuse_errors():
+            node = self.namespace.get(inode)
+            if inode == ROOT_INODE and name == XATTR_STATS:
+                return json.dumps(self.stats()).encode()
+            if node.kind is not Kind.FILE or name not in FILE_XATTRS:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            if name == XATTR_XXH3:
+                digest = self.placement.xxh3_of(node)
+                if digest is None:
+                    raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+                return digest.encode()
+            backing = self.placement.backing_for_xattr(node)
+            if name == XATTR_TIER:
+                return backing.tier.encode()
+            return os.fsencode(str(backing.path))
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        async with _fuse_errors():
+            node = self.namespace.get(inode)
+            if inode == ROOT_INODE:
+                return [XATTR_STATS]
+            if node.kind is not Kind.FILE:
+                return []
+            names = [XATTR_TIER, XATTR_BACKING]
+            if self.placement.xxh3_of(node) is not None:
+                names.append(XATTR_XXH3)
+            return names
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this mount, served as JSON on the root's ``user.tierfs.stats``."""
+        s = self.readpath.stats
+        return {
+            "read_requests": s.read_requests,
+            "read_bytes": s.read_bytes,
+            "pushed_bytes": s.pushed_bytes,
+            "opens": s.opens,
+            "open_handles": self.readpath.open_handles,
+        }
+
+    # Everything that would write is refused: cold storage is never written, and the
+    # namespace is not a place to put things.
+    setattr = _erofs
+    mknod = _erofs
+    mkdir = _erofs
+    unlink = _erofs
+    rmdir = _erofs
+    symlink = _erofs
+    rename = _erofs
+    link = _erofs
+    create = _erofs
+    write = _erofs
+    setxattr = _erofs
+    removexattr = _erofs
+

@@ -1,0 +1,413 @@
+"""The merged namespace: one tree over several read-only cold stores.
+
+Directories merge; for anything else the first store (in config order) wins a name and
+the clash is recorded once as a `Conflict`. Directories are scanned lazily and scanned
+again when a backing directory's mtime moves, so files added to a cold store appear
+without a remount.
+
+Inode numbers are handed out once per path and never reused while the namespace lives.
+A node's attributes are a snapshot of the winning cold entry; they change only when
+that entry itself changed underneath, and `Namespace.changed_files` then reports it so
+the caller can invalidate the kernel's cache.
+
+All methods that touch the disk are blocking: the FUSE layer calls them through a
+worker thread. One lock serialises mutation, so the methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+from tierfs.errors import NamespaceError
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+
+
+class Kind(Enum):
+    """What a namespace entry is."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True)
+class Attrs:
+    """The attributes presented for an entry, taken from its cold source."""
+
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    uid: int
+    gid: int
+    blocks: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> Attrs:
+        return cls(
+            mode=st.st_mode,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            blocks=st.st_blocks,
+        )
+
+
+@dataclass(frozen=True)
+class ColdStore:
+    """A read-only store merged into the namespace."""
+
+    name: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A name that several stores provide; `winner` serves it."""
+
+    relpath: str
+    winner: str
+    losers: tuple[str, ...]
+
+
+@dataclass
+class Node:
+    """One entry of the namespace. `relpath` is POSIX-style; the root's is ``""``."""
+
+    inode: int
+    parent: int
+    name: str
+    relpath: str
+    kind: Kind
+    attrs: Attrs
+    # The store that serves this entry and its absolute path there (for a directory,
+    # the first store that has it).
+    store: str
+    source: Path
+    target: str | None = None
+    children: dict[str, int] | None = None
+    # (store, mtime_ns) of every backing directory when this directory was last scanned.
+    stamp: tuple[tuple[str, int], ...] | None = None
+    conflicts_seen: set[str] = field(default_factory=set)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is Kind.DIR
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class Namespace:
+    """A lazily scanned merge of cold stores.
+
+    Args:
+        stores: the cold stores, highest priority first.
+
+    Raises:
+        NamespaceError: a store's root is not a readable directory.
+    """
+
+    def __init__(self, stores: list[ColdStore]) -> None:
+        if not stores:
+            raise NamespaceError("at least one cold store is needed", errno=errno.EINVAL)
+        self.stores = stores
+        self._lock = threading.RLock()
+        self._nodes: dict[int, Node] = {}
+        self._inode_by_path: dict[str, int] = {}
+        self._next_inode = ROOT_INODE + 1
+        self._conflicts: dict[str, Conflict] = {}
+        self._changed: list[Node] = []
+        first = stores[0]
+        try:
+            root_stat = os.stat(first.root)
+        except OSError as exc:
+            raise NamespaceError(
+                f"cold store {first.name!r} at {first.root}: {exc.strerror}",
+                path=str(first.root),
+                errno=exc.errno or errno.EIO,
+            ) from None
+        self._inode_by_path[""] = ROOT_INODE
+        self._nodes[ROOT_INODE] = Node(
+            inode=ROOT_INODE,
+            parent=ROOT_INODE,
+            name="",
+            relpath="",
+            kind=Kind.DIR,
+            attrs=Attrs.from_stat(root_stat),
+            store=first.name,
+            source=first.root,
+        )
+
+    # Lookups ---------------------------------------------------------------------------
+
+    def get(self, inode: int) -> Node:
+        """The node of a known inode.
+
+        Raises:
+            NamespaceError: ENOENT for an inode this namespace never handed out.
+        """
+        node = self._nodes.get(inode)
+        if node is None:
+            raise NamespaceError(f"no inode {inode}", errno=errno.ENOENT)
+        return node
+
+    def lookup(self, parent: int, name: str) -> Node:
+        """Find `name` in directory `parent`, rescanning it once on a miss.
+
+        Raises:
+            NamespaceError: ENOTDIR or ENOENT.
+        """
+        with self._lock:
+            directory = self._dir(parent)
+            children = self._children(directory)
+            inode = children.get(name)
+            if inode is None and self._stale(directory):
+                self._scan(directory)
+                inode = self._children(directory).get(name)
+            if inode is None:
+                raise NamespaceError(
+                    f"{join(directory.relpath, name)}: no such entry",
+                    path=join(directory.relpath, name),
+                    errno=errno.ENOENT,
+                )
+            return self._nodes[inode]
+
+    def listdir(self, inode: int) -> list[Node]:
+        """The entries of a directory, rescanned first if a backing directory changed.
+
+        Raises:
+            NamespaceError: ENOTDIR or ENOENT.
+        """
+        with self._lock:
+            directory = self._dir(inode)
+            if directory.children is not None and self._stale(directory):
+                self._scan(directory)
+            return [self._nodes[i] for i in self._children(directory).values()]
+
+    def resolve(self, relpath: str) -> Node:
+        """The node at a POSIX relative path, without following symlinks.
+
+        Raises:
+            NamespaceError: ENOENT or ENOTDIR.
+        """
+        node = self._nodes[ROOT_INODE]
+        for part in (p for p in relpath.split("/") if p):
+            node = self.lookup(node.inode, part)
+        return node
+
+    def walk(self, relpath: str = "") -> Iterator[Node]:
+        """Every node below `relpath`, depth first, directories before their entries."""
+        stack = [self.resolve(relpath)]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.is_dir:
+                stack.extend(reversed(self.listdir(node.inode)))
+
+    def conflicts(self) -> list[Conflict]:
+        """Names served by one store while others provide them too, as found so far."""
+        with self._lock:
+            return sorted(self._conflicts.values(), key=lambda c: c.relpath)
+
+    def take_changed_files(self) -> list[Node]:
+        """Files whose cold entry changed since they were first presented."""
+        with self._lock:
+            changed, self._changed = self._changed, []
+        return changed
+
+    def stat_totals(self) -> tuple[int, int, int, int]:
+        """(block size, total blocks, free blocks, files) summed over the stores."""
+        bsize = 4096
+        blocks = free = files = 0
+        seen: set[int] = set()
+        for store in self.stores:
+            try:
+                st = os.statvfs(store.root)
+                dev = os.stat(store.root).st_dev
+            except OSError as exc:
+                log.warning("statvfs of cold store %s failed: %s", store.name, exc.strerror)
+                continue
+            # Two stores on one file system must not count its capacity twice.
+            if dev in seen:
+                continue
+            seen.add(dev)
+            blocks += st.f_blocks * st.f_frsize // bsize
+            free += st.f_bavail * st.f_frsize // bsize
+            files += st.f_files
+        return bsize, blocks, free, files
+
+    # Scanning --------------------------------------------------------------------------
+
+    def _dir(self, inode: int) -> Node:
+        node = self.get(inode)
+        if not node.is_dir:
+            raise NamespaceError(f"{node.relpath}: not a directory", errno=errno.ENOTDIR)
+        return node
+
+    def _children(self, directory: Node) -> dict[str, int]:
+        if directory.children is None:
+            self._scan(directory)
+        assert directory.children is not None
+        return directory.children
+
+    def _backing_dirs(self, relpath: str) -> Iterator[tuple[ColdStore, Path, os.stat_result]]:
+        for store in self.stores:
+            path = store.root / relpath if relpath else store.root
+            try:
+                st = os.stat(path) if not relpath else os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                yield store, path, st
+
+    def _stale(self, directory: Node) -> bool:
+        stamp = tuple((s.name, st.st_mtime_ns) for s, _, st in self._backing_dirs(directory.relpath))
+        return stamp != directory.stamp
+
+    def _scan(self, directory: Node) -> None:
+        entries: dict[str, tuple[ColdStore, Path, os.stat_result]] = {}
+        providers: dict[str, list[str]] = {}
+        stamp: list[tuple[str, int]] = []
+        for store, path, st in self._backing_dirs(directory.relpath):
+            stamp.append((store.name, st.st_mtime_ns))
+            try:
+                with os.scandir(path) as it:
+                    listing = list(it)
+            except OSError as exc:
+                log.warning("cannot list %s in cold store %s: %s", path, store.name, exc.strerror)
+                continue
+            for entry in listing:
+                try:
+                    est = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if _kind(est.st_mode) is None:
+                    continue
+                name = entry.name
+                providers.setdefault(name, []).append(store.name)
+                if name not in entries:
+                    entries[name] = (store, Path(entry.path), est)
+                elif not (stat.S_ISDIR(est.st_mode) and stat.S_ISDIR(entries[name][2].st_mode)):
+                    pass  # the first store wins; recorded below
+        children: dict[str, int] = {}
+        for name, (store, source, est) in sorted(entries.items()):
+            relpath = join(directory.relpath, name)
+            children[name] = self._present(directory, name, relpath, store, source, est)
+            winner_is_dir = stat.S_ISDIR(est.st_mode)
+            losers = tuple(
+                p
+                for p in providers[name][1:]
+                if not (winner_is_dir and self._is_dir_in(p, relpath))
+            )
+            if losers and relpath not in self._conflicts:
+                self._conflicts[relpath] = Conflict(relpath, store.name, losers)
+                log.warning(
+                    "name conflict: %s is served from cold store %r; also in %s",
+                    relpath,
+                    store.name,
+                    ", ".join(repr(x) for x in losers),
+                )
+        directory.children = children
+        directory.stamp = tuple(stamp)
+
+    def _is_dir_in(self, store_name: str, relpath: str) -> bool:
+        store = next(s for s in self.stores if s.name == store_name)
+        try:
+            return stat.S_ISDIR(os.lstat(store.root / relpath).st_mode)
+        except OSError:
+            return False
+
+    def _present(
+        self,
+        directory: Node,
+        name: str,
+        relpath: str,
+        store: ColdStore,
+        source: Path,
+        est: os.stat_result,
+    ) -> int:
+        kind = _kind(est.st_mode)
+        assert kind is not None
+        attrs = Attrs.from_stat(est)
+        inode = self._inode_by_path.get(relpath)
+        if inode is not None:
+            node = self._nodes[inode]
+            if node.kind is kind:
+                if kind is Kind.FILE and (node.attrs.size, node.attrs.mtime_ns) != (
+                    attrs.size,
+                    attrs.mtime_ns,
+                ):
+                    # The cold file changed underneath: present the new identity and let
+                    # the caller drop cached pages and hot copies of the old one.
+                    node.attrs = attrs
+                    node.store, node.source = store.name, source
+                    self._changed.append(node)
+                elif kind is Kind.SYMLINK:
+                    node.target = os.readlink(source)
+                    node.attrs = attrs
+                return inode
+            # A file became a directory or the like: it is a new entry, with a new inode.
+            del self._inode_by_path[relpath]
+        inode = self._next_inode
+        self._next_inode += 1
+        target = None
+        if kind is Kind.SYMLINK:
+            try:
+                target = os.readlink(source)
+            except OSError:
+                target = ""
+        self._inode_by_path[relpath] = inode
+        self._nodes[inode] = Node(
+            inode=inode,
+            parent=directory.inode,
+            name=name,
+            relpath=relpath,
+            kind=kind,
+            attrs=attrs,
+            store=store.name,
+            source=source,
+            target=target,
+        )
+        return inode
+
+    def refresh_file(self, node: Node) -> Node:
+        """Re-stat a file's cold source; a change is reported like a rescan would.
+
+        Returns:
+            The node, with fresh attributes.
+        """
+        try:
+            est = os.lstat(node.source)
+        except OSError:
+            return node
+        attrs = Attrs.from_stat(est)
+        if (attrs.size, attrs.mtime_ns) != (node.attrs.size, node.attrs.mtime_ns):
+            with self._lock:
+                node.attrs = replace(attrs)
+                self._changed.append(node)
+        return node
+
+
+def _kind(mode: int) -> Kind | None:
+    if stat.S_ISREG(mode):
+        return Kind.FILE
+    if stat.S_ISDIR(mode):
+        return Kind.DIR
+    if stat.S_ISLNK(mode):
+        return Kind.SYMLINK
+    return None
