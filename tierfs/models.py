@@ -471,6 +471,10 @@ class _Scanner:
                 if kind is EntryKind.DIR:
                     stack.append(path)
                     continue
+                if kind is not EntryKind.FILE:
+                    # Reading through a symlink could leave the tree; real refs are plain files.
+                    self.problems.append(ModelProblem(path, "hub ref is not a regular file"))
+                    continue
                 try:
                     value = self.view.read_text(path, MAX_REF_BYTES).strip()
                 except (OSError, UnicodeDecodeError) as e:
@@ -662,6 +666,8 @@ def find_model(models: Iterable[Model], name: str) -> Model:
         ModelNotFoundError: nothing matches; ``candidates`` holds up to 5 near names.
     """
     pool = list(models)
+    if not name.strip():
+        raise ModelNotFoundError(name, [])
     for match in (
         lambda m: m.name == name,
         lambda m: name in m.aliases,

@@ -24,12 +24,14 @@ from tierfs.demo import (
     HUB_REPO_DIR,
     MARKER,
     TINY_LLAMA,
+    DemoError,
     DemoStore,
     build_demo_store,
     git_blob_sha1,
     llama_state_dict,
     spm_vocab,
 )
+from tierfs.errors import TierfsError
 from tierfs.models import ModelKind, find_model, models_by_file, scan_directory
 
 
@@ -278,3 +280,12 @@ def test_git_blob_ids_match_git() -> None:
     # Known ids from `git hash-object`.
     assert git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
     assert git_blob_sha1(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_unwritable_root_raises_demo_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DemoError) as e:
+        build_demo_store(blocker)
+    assert e.value.path == str(blocker)
+    assert isinstance(e.value, TierfsError)

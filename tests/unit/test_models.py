@@ -494,6 +494,23 @@ def test_find_model_ambiguous_prefix(root: Path) -> None:
     assert e.value.path == "tinyllama:"
 
 
+def test_find_model_rejects_empty_name(root: Path) -> None:
+    with pytest.raises(ModelNotFoundError):
+        find_model(sample_models(root), "  ")
+
+
+def test_hub_ref_that_is_a_symlink_is_not_read(root: Path) -> None:
+    make_hub_repo(root)
+    put(root / "secret", REV_A)
+    (root / "models--org--tiny" / "refs" / "main").unlink()
+    link(root / "models--org--tiny" / "refs" / "main", "../../secret")
+
+    result = scan_directory(root)
+
+    assert all("main" not in m.refs for m in result.models)
+    assert problem_paths(result) == ["models--org--tiny/refs/main"]
+
+
 def test_find_model_unknown_lists_near_candidates(root: Path) -> None:
     with pytest.raises(ModelNotFoundError) as e:
         find_model(sample_models(root), "tinylama")
