@@ -317,7 +317,9 @@ class _Scanner:
             parent, name = _split(rel)
             entries = self.listing.get(parent)
             if entries is None:
-                raise _UnitBroken(origin, f"symlink target {rel!r} is outside the scanned tree")
+                raise _UnitBroken(
+                    origin, f"symlink target {rel!r} is outside the scanned tree or hidden"
+                )
             kind = entries.get(name)
             if kind is None:
                 what = "symlink target" if rel != origin else "file"
