@@ -164,8 +164,10 @@ class Catalog:
                 self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
+        # executescript commits on its own; the statements are idempotent.
+        with self._lock:
+            self._db.executescript(_SCHEMA)
         with self._tx() as db:
-            db.executescript("SAVEPOINT schema;" + _SCHEMA + "RELEASE schema;")
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 db.execute(

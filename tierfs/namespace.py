@@ -27,6 +27,7 @@ from enum import Enum
 from pathlib import Path
 
 from tierfs.errors import NamespaceError
+from tierfs.models import EntryKind
 
 log = logging.getLogger(__name__)
 
@@ -411,3 +412,47 @@ def _kind(mode: int) -> Kind | None:
     if stat.S_ISLNK(mode):
         return Kind.SYMLINK
     return None
+
+
+class NamespaceTreeView:
+    """The merged namespace seen through `tierfs.models.TreeView`, for model detection.
+
+    Errors surface as ``OSError``, as the protocol asks.
+    """
+
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+
+    def _node(self, rel: str) -> Node:
+        try:
+            return self.namespace.resolve(rel)
+        except NamespaceError as exc:
+            raise OSError(exc.errno, str(exc), rel) from None
+
+    def listdir(self, rel: str) -> list[tuple[str, EntryKind]]:
+        node = self._node(rel)
+        try:
+            children = self.namespace.listdir(node.inode)
+        except NamespaceError as exc:
+            raise OSError(exc.errno, str(exc), rel) from None
+        return [(child.name, _ENTRY_KIND[child.kind]) for child in children]
+
+    def stat(self, rel: str) -> tuple[EntryKind, int]:
+        node = self._node(rel)
+        return _ENTRY_KIND[node.kind], node.attrs.size
+
+    def readlink(self, rel: str) -> str:
+        node = self._node(rel)
+        if node.kind is not Kind.SYMLINK or node.target is None:
+            raise OSError(errno.EINVAL, "not a symlink", rel)
+        return node.target
+
+    def read_text(self, rel: str, limit: int) -> str:
+        node = self._node(rel)
+        if node.kind is not Kind.FILE:
+            raise OSError(errno.EISDIR if node.is_dir else errno.EINVAL, "not a file", rel)
+        with open(node.source, "rb") as f:
+            return f.read(limit).decode("utf-8")
+
+
+_ENTRY_KIND = {Kind.FILE: EntryKind.FILE, Kind.DIR: EntryKind.DIR, Kind.SYMLINK: EntryKind.SYMLINK}

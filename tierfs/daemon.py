@@ -1,0 +1,306 @@
+"""The mount's life: checks before mounting, the root nursery, signals, unmounting.
+
+One trio run owns everything. Its root nursery holds the long-lived tasks (the FUSE
+request loop, the prefetcher, periodic flushes, and in later layers the mover and the
+control API); each signals readiness with ``task_status.started()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from tierfs.catalog import Catalog
+from tierfs.config import Config
+from tierfs.errors import MountError
+from tierfs.fs import TierfsOperations
+from tierfs.namespace import ColdStore, Namespace
+from tierfs.placement import Placement
+from tierfs.readpath import ReadPath
+
+log = logging.getLogger(__name__)
+
+FSNAME = "tierfs"
+ACCESS_FLUSH_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo."""
+
+    mountpoint: Path
+    fstype: str
+    source: str
+    major_minor: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and i + 4 <= len(field):
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_entry(path: Path) -> MountEntry | None:
+    """The mount at exactly `path`, if any, read without touching the path itself.
+
+    A dead FUSE daemon leaves a mount whose stat hangs or fails with ENOTCONN, so this
+    reads the kernel's table instead.
+    """
+    target = os.path.abspath(path)
+    found: MountEntry | None = None
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            rfields = right.split()
+            if len(fields) < 5 or len(rfields) < 2:
+                continue
+            if _unescape(fields[4]) == target:
+                # The last entry wins: mounts stack.
+                found = MountEntry(Path(target), rfields[0], _unescape(rfields[1]), fields[2])
+    return found
+
+
+def is_tierfs(entry: MountEntry | None) -> bool:
+    return entry is not None and entry.fstype in (f"fuse.{FSNAME}", "fuse") and (
+        entry.source == FSNAME
+    )
+
+
+def lazy_unmount(mountpoint: Path) -> None:
+    """Detach a mount, even a stale one whose daemon died.
+
+    Raises:
+        MountError: neither fusermount3 nor umount could detach it.
+    """
+    commands = [["fusermount3", "-u", "-z", str(mountpoint)], ["umount", "-l", str(mountpoint)]]
+    errors = []
+    for command in commands:
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            errors.append(f"{command[0]}: {exc}")
+            continue
+        if result.returncode == 0:
+            return
+        errors.append(result.stderr.strip() or f"{command[0]} exited {result.returncode}")
+    raise MountError(
+        f"cannot unmount {mountpoint}: {'; '.join(errors)}", path=str(mountpoint), errno=errno.EBUSY
+    )
+
+
+def prepare_mountpoint(mountpoint: Path) -> None:
+    """Refuse a missing, busy or already mounted mountpoint; recover a stale tierfs one.
+
+    Raises:
+        MountError: naming the mountpoint and what is wrong with it.
+    """
+    entry = mount_entry(mountpoint)
+    if entry is not None:
+        if not is_tierfs(entry):
+            raise MountError(
+                f"mountpoint {mountpoint} is busy: {entry.fstype} from {entry.source} "
+                "is mounted there",
+                path=str(mountpoint),
+                errno=errno.EBUSY,
+            )
+        if _is_alive(mountpoint):
+            raise MountError(
+                f"tierfs is already mounted at {mountpoint}; unmount it first "
+                f"(tierfs unmount {mountpoint})",
+                path=str(mountpoint),
+                errno=errno.EBUSY,
+            )
+        log.warning(
+            "%s holds a stale tierfs mount (its daemon died); detaching it", mountpoint
+        )
+        lazy_unmount(mountpoint)
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(
+            f"mountpoint {mountpoint} does not exist (create it with: mkdir -p {mountpoint})",
+            path=str(mountpoint),
+            errno=errno.ENOENT,
+        ) from None
+    except OSError as exc:
+        raise MountError(
+            f"mountpoint {mountpoint}: {exc.strerror}", path=str(mountpoint), errno=exc.errno or 5
+        ) from None
+    if not os.path.isdir(mountpoint) or not (st.st_mode & 0o040000):
+        raise MountError(
+            f"mountpoint {mountpoint} is not a directory", path=str(mountpoint), errno=errno.ENOTDIR
+        )
+
+
+def _is_alive(mountpoint: Path) -> bool:
+    """Whether a FUSE mount still has a daemon answering it.
+
+    A stat of a mount whose daemon died fails at once with ENOTCONN. The stat runs in a
+    child process with a timeout, so a daemon that is alive but wedged cannot hang us.
+    """
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", f"import os; os.stat({str(mountpoint)!r})"],
+            capture_output=True,
+            timeout=10,
+        )
+    except subprocess.TimeoutExpired:
+        return True
+    return result.returncode == 0
+
+
+def mount_options(config: Config) -> set[str]:
+    options = {f"fsname={FSNAME}", f"subtype={FSNAME}", "ro", "noatime"}
+    if config.default_permissions:
+        options.add("default_permissions")
+    if config.allow_other:
+        options.add("allow_other")
+    return options
+
+
+def set_readahead(entry: MountEntry, readahead: int) -> bool:
+    """Raise the kernel readahead of the mount's bdi: 128 KiB requests are slow."""
+    path = Path("/sys/class/bdi") / entry.major_minor / "read_ahead_kb"
+    try:
+        path.write_text(str(max(readahead // 1024, 4)))
+    except OSError as exc:
+        log.warning("cannot set readahead via %s: %s", path, exc.strerror)
+        return False
+    log.debug("readahead of %s set to %d KiB", entry.mountpoint, readahead // 1024)
+    return True
+
+
+class Daemon:
+    """One mounted tierfs.
+
+    Args:
+        config: the validated configuration.
+    """
+
+    def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self._on_ready = on_ready
+        self.catalog = Catalog(config.catalog_path)
+        self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
+        self.placement = Placement(self.catalog)
+        self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
+        self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
+        self._mounted = False
+
+    def run(self) -> None:
+        """Mount, serve until SIGINT or SIGTERM, then unmount.
+
+        Raises:
+            MountError: the mountpoint is unusable or the kernel refused the mount.
+        """
+        mountpoint = self.config.mountpoint
+        prepare_mountpoint(mountpoint)
+        try:
+            try:
+                pyfuse3.init(self.operations, str(mountpoint), mount_options(self.config))
+            except RuntimeError as exc:
+                raise MountError(
+                    f"the kernel refused to mount {mountpoint}: {exc}",
+                    path=str(mountpoint),
+                    errno=errno.EIO,
+                ) from None
+            self._mounted = True
+            log.info(
+                "mounted %s over %s",
+                mountpoint,
+                ", ".join(f"{c.name}={c.path}" for c in self.config.cold),
+            )
+            trio.run(self._main)
+        finally:
+            if self._mounted:
+                pyfuse3.close(unmount=True)
+                self._mounted = False
+                log.info("unmounted %s", mountpoint)
+            self.catalog.close()
+
+    async def _main(self) -> None:
+        await self.placement.load()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.readpath.run)
+            await nursery.start(self._watch_signals)
+            nursery.start_soon(self._flush_access)
+            entry = mount_entry(self.config.mountpoint)
+            if entry is not None:
+                await trio.to_thread.run_sync(set_readahead, entry, self.config.read.readahead)
+            if self._on_ready is not None:
+                self._on_ready()
+            try:
+                await pyfuse3.main()
+            finally:
+                await self.placement.flush_access()
+                nursery.cancel_scope.cancel()
+
+    async def _watch_signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("%s received; unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async def _flush_access(self) -> None:
+        while True:
+            await trio.sleep(ACCESS_FLUSH_INTERVAL_S)
+            await self.placement.flush_access()
+
+
+def spawn_daemon(config_path: Path, config: Config, log_file: Path, timeout: float = 60.0) -> int:
+    """Start ``tierfs mount --foreground`` detached, and wait until it has mounted.
+
+    Returns:
+        The daemon's pid.
+
+    Raises:
+        MountError: the daemon exited or did not mount in time; its last log lines are
+            in the message.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tierfs", "mount", "--foreground", "--config", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_tierfs(mount_entry(config.mountpoint)):
+            return process.pid
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    else:
+        process.terminate()
+    tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+    raise MountError(
+        f"the daemon did not mount {config.mountpoint}: " + " | ".join(tail),
+        path=str(config.mountpoint),
+        errno=errno.EIO,
+    )
