@@ -68,10 +68,11 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            err.print(f"tierfs: {exc}", markup=False)
+            # Plain echo, not rich: an error must stay one line whatever the width.
+            typer.echo(f"tierfs: {exc}", err=True)
             raise typer.Exit(2) from None
         except TierfsError as exc:
-            err.print(f"tierfs: {exc}", markup=False)
+            typer.echo(f"tierfs: {exc}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None

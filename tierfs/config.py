@@ -18,6 +18,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
@@ -71,6 +73,17 @@ def format_size(n: float) -> str:
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
+def _to_path(value: object) -> Path:
+    if isinstance(value, str | os.PathLike):
+        return Path(value)
+    raise ValueError(f"expected a path string, got {value!r}")
+
+
+# Our own validator rather than pydantic's, which holds on to the pathlib class it saw
+# at import time.
+PathValue = Annotated[Path, PlainValidator(_to_path), PlainSerializer(str, return_type=str)]
+
+
 def _check_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(
@@ -79,18 +92,15 @@ def _check_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, BeforeValidator(lambda v: v), Field(min_length=1)]
-
-
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ColdStoreConfig(_Strict):
     """A read-only store of model files. tierfs never writes to it."""
 
     name: str
-    path: Path
+    path: PathValue
 
     _name = field_validator("name")(_check_name)
 
@@ -114,7 +124,7 @@ class TierConfig(_Strict):
     """
 
     name: str
-    path: Path
+    path: PathValue
     size: Size
     rank: int = 0
     kind: Literal["ram", "remote"] = "ram"
@@ -181,8 +191,8 @@ class ReadConfig(_Strict):
 class Config(_Strict):
     """The whole configuration of one tierfs mount."""
 
-    mountpoint: Path = Path("/models")
-    state_dir: Path = Path("/var/lib/tierfs")
+    mountpoint: PathValue = Path("/models")
+    state_dir: PathValue = Path("/var/lib/tierfs")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     allow_other: bool = False
     # Let the kernel check the presented modes, so the mount behaves like a local disk.
