@@ -187,9 +187,7 @@ class Catalog:
     @property
     def schema_version(self) -> int:
         with self._lock:
-            row = self._db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0])
 
     # Files -----------------------------------------------------------------------------
@@ -337,7 +335,8 @@ class Catalog:
         """Move a replica to ``evicting``; new opens stop using it at once."""
         with self._tx() as db:
             db.execute(
-                "UPDATE replicas SET state = 'evicting', updated = ? WHERE file_id = ? AND tier = ?",
+                "UPDATE replicas SET state = 'evicting', updated = ?"
+                " WHERE file_id = ? AND tier = ?",
                 (time.time(), file_id, tier),
             )
             row = db.execute(
@@ -422,7 +421,7 @@ def _replica(row: tuple[object, ...]) -> Replica:
         file_id=int(file_id),  # type: ignore[call-overload]
         tier=str(tier),
         path=str(path),
-        state=ReplicaState(state),
+        state=ReplicaState(str(state)),
         size=int(size),  # type: ignore[call-overload]
         updated=float(updated),  # type: ignore[arg-type]
     )

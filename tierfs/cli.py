@@ -172,7 +172,9 @@ def _print_inventory(cfg: Config, data: dict[str, Any]) -> None:
     if data["conflicts"]:
         out.print("[bold]Name conflicts[/bold] (the first store wins)")
         for c in data["conflicts"]:
-            out.print(f"  {c['relpath']}: served from {c['winner']}, also in {', '.join(c['losers'])}")
+            out.print(
+                f"  {c['relpath']}: served from {c['winner']}, also in {', '.join(c['losers'])}"
+            )
     if data["problems"]:
         out.print("[bold yellow]Problems[/bold yellow]")
         for p in data["problems"]:

@@ -80,8 +80,10 @@ def mount_entry(path: Path) -> MountEntry | None:
 
 
 def is_tierfs(entry: MountEntry | None) -> bool:
-    return entry is not None and entry.fstype in (f"fuse.{FSNAME}", "fuse") and (
-        entry.source == FSNAME
+    return (
+        entry is not None
+        and entry.fstype in (f"fuse.{FSNAME}", "fuse")
+        and (entry.source == FSNAME)
     )
 
 
@@ -129,9 +131,7 @@ def prepare_mountpoint(mountpoint: Path) -> None:
                 path=str(mountpoint),
                 errno=errno.EBUSY,
             )
-        log.warning(
-            "%s holds a stale tierfs mount (its daemon died); detaching it", mountpoint
-        )
+        log.warning("%s holds a stale tierfs mount (its daemon died); detaching it", mountpoint)
         lazy_unmount(mountpoint)
     try:
         st = os.stat(mountpoint)

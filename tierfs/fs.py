@@ -13,7 +13,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -42,10 +42,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-async def _erofs(*_args: object) -> NoReturn:
-    raise pyfuse3.FUSEError(errno.EROFS)
-
-
 @asynccontextmanager
 async def _fuse_errors() -> AsyncIterator[None]:
     try:
@@ -59,7 +55,7 @@ async def _fuse_errors() -> AsyncIterator[None]:
         raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
 
 
-class TierfsOperations(pyfuse3.Operations):  # type: ignore[misc]
+class TierfsOperations(pyfuse3.Operations):
     """pyfuse3 request handlers over a namespace, a placement and a read path.
 
     Args:
@@ -186,9 +182,7 @@ class TierfsOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         # Only reached without default_permissions; the mount is read-only either way.
-        if mode & os.W_OK:
-            return False
-        return True
+        return not mode & os.W_OK
 
     # Files -----------------------------------------------------------------------------
 
@@ -258,17 +252,67 @@ class TierfsOperations(pyfuse3.Operations):  # type: ignore[misc]
         }
 
     # Everything that would write is refused: cold storage is never written, and the
-    # namespace is not a place to put things.
-    setattr = _erofs
-    mknod = _erofs
-    mkdir = _erofs
-    unlink = _erofs
-    rmdir = _erofs
-    symlink = _erofs
-    rename = _erofs
-    link = _erofs
-    create = _erofs
-    write = _erofs
-    setxattr = _erofs
-    removexattr = _erofs
+    # namespace is not a place to put things. With the "ro" mount option the kernel
+    # refuses most of these itself; these answers hold even without it.
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
 
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)

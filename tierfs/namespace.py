@@ -21,6 +21,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -32,6 +33,7 @@ from tierfs.models import EntryKind
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+RACY_WINDOW_NS = 2_000_000_000
 
 
 class Kind(Enum):
@@ -102,6 +104,7 @@ class Node:
     children: dict[str, int] | None = None
     # (store, mtime_ns) of every backing directory when this directory was last scanned.
     stamp: tuple[tuple[str, int], ...] | None = None
+    scanned_ns: int = 0
     conflicts_seen: set[str] = field(default_factory=set)
 
     @property
@@ -277,10 +280,19 @@ class Namespace:
                 yield store, path, st
 
     def _stale(self, directory: Node) -> bool:
-        stamp = tuple((s.name, st.st_mtime_ns) for s, _, st in self._backing_dirs(directory.relpath))
-        return stamp != directory.stamp
+        stamp = tuple(
+            (s.name, st.st_mtime_ns) for s, _, st in self._backing_dirs(directory.relpath)
+        )
+        if stamp != directory.stamp:
+            return True
+        # Directory mtimes tick coarsely (and NFS may round them): a change made in the
+        # same tick as our scan leaves the mtime as it was. So a scan that happened close
+        # to the newest mtime proves nothing, and the directory is read again.
+        newest = max((mtime for _, mtime in stamp), default=0)
+        return directory.scanned_ns - newest < RACY_WINDOW_NS
 
     def _scan(self, directory: Node) -> None:
+        directory.scanned_ns = time.time_ns()
         entries: dict[str, tuple[ColdStore, Path, os.stat_result]] = {}
         providers: dict[str, list[str]] = {}
         stamp: list[tuple[str, int]] = []
@@ -301,10 +313,8 @@ class Namespace:
                     continue
                 name = entry.name
                 providers.setdefault(name, []).append(store.name)
-                if name not in entries:
-                    entries[name] = (store, Path(entry.path), est)
-                elif not (stat.S_ISDIR(est.st_mode) and stat.S_ISDIR(entries[name][2].st_mode)):
-                    pass  # the first store wins; recorded below
+                # The first store wins a name; the others are recorded as conflicts below.
+                entries.setdefault(name, (store, Path(entry.path), est))
         children: dict[str, int] = {}
         for name, (store, source, est) in sorted(entries.items()):
             relpath = join(directory.relpath, name)

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 
-PushFn = Callable[[int, int, memoryview], None]
+# (inode, offset, data); data is any contiguous buffer, as pyfuse3.notify_store takes.
+PushFn = Callable[[int, int, Any], None]
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,12 @@ class ReadPath:
                     break
                 stream.claimed = offset + length
                 pushed = await trio.to_thread.run_sync(
-                    self._push_chunk, fd, stream.inode, offset, length, buffer,
+                    self._push_chunk,
+                    fd,
+                    stream.inode,
+                    offset,
+                    length,
+                    buffer,
                     limiter=self._push_limiter,
                 )
                 self.stats.pushed_bytes += pushed

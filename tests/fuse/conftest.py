@@ -21,7 +21,6 @@ import pytest
 
 from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry
 
-
 MOUNT_TIMEOUT_S = 30.0
 
 

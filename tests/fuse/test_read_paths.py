@@ -86,7 +86,9 @@ def mounted(mount_factory: MountFactory, cold_files: Path) -> Mount:
 
 
 @pytest.mark.parametrize("name", list(SIZES))
-def test_whole_file_read_matches_cold(mounted: Mount, cold_hashes: dict[str, str], name: str) -> None:
+def test_whole_file_read_matches_cold(
+    mounted: Mount, cold_hashes: dict[str, str], name: str
+) -> None:
     path = mounted.mountpoint / "models" / name
     assert path.stat().st_size == SIZES[name]
     assert file_hash(path) == cold_hashes[name]
@@ -101,33 +103,35 @@ def test_reads_of_any_size_and_offset_match_cold(mounted: Mount, cold_files: Pat
         fd = os.open(mounted.mountpoint / "models" / name, os.O_RDONLY)
         try:
             cases = [(0, 0), (0, 1), (size, 10), (size + 100, 10), (max(size - 1, 0), 5)]
-            cases += [(rng.randrange(size + 1), rng.choice([1, 511, 4096, 70_000, 1 << 20]))
-                      for _ in range(40)]
+            cases += [
+                (rng.randrange(size + 1), rng.choice([1, 511, 4096, 70_000, 1 << 20]))
+                for _ in range(40)
+            ]
             for offset, length in cases:
                 assert os.pread(fd, length, offset) == cold[offset : offset + length], (
-                    name, offset, length,
+                    name,
+                    offset,
+                    length,
                 )
         finally:
             os.close(fd)
 
 
 @pytest.mark.parametrize("flags", [mmap.MAP_SHARED, mmap.MAP_PRIVATE], ids=["shared", "private"])
-def test_mmap_matches_cold(
-    mounted: Mount, cold_hashes: dict[str, str], flags: int
-) -> None:
+def test_mmap_matches_cold(mounted: Mount, cold_hashes: dict[str, str], flags: int) -> None:
     for name, size in SIZES.items():
         if size == 0:
             continue  # mmap of an empty file is refused, as on any file system
-        with open(mounted.mountpoint / "models" / name, "rb") as f:
-            with mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as m:
-                m.madvise(mmap.MADV_WILLNEED)
-                assert xxh(memoryview(m)) == cold_hashes[name], name
-                # Random access into the mapping, as a loader touching tensors does.
-                rng = random.Random(size)
-                cold = (mounted.mountpoint / "models" / name).read_bytes()
-                for _ in range(20):
-                    offset = rng.randrange(size)
-                    assert m[offset : offset + 300] == cold[offset : offset + 300]
+        path = mounted.mountpoint / "models" / name
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as m:
+            m.madvise(mmap.MADV_WILLNEED)
+            assert xxh(memoryview(m)) == cold_hashes[name], name
+            # Random access into the mapping, as a loader touching tensors does.
+            rng = random.Random(size)
+            cold = path.read_bytes()
+            for _ in range(20):
+                offset = rng.randrange(size)
+                assert m[offset : offset + 300] == cold[offset : offset + 300]
 
 
 def test_o_direct_reader_gets_cold_bytes(mounted: Mount, cold_files: Path) -> None:
@@ -190,12 +194,11 @@ def test_sparse_file_over_4gib_reads_correctly(
             f.seek(offset - 100 if offset >= 100 else 0)
             c.seek(offset - 100 if offset >= 100 else 0)
             assert f.read(9000) == c.read(9000), offset
-    with open(path, "rb") as f:
-        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
-            tail = SPARSE_SIZE - 5000
-            with open(cold_path, "rb") as c:
-                c.seek(tail - 4096)
-                assert m[tail - 4096 :] == c.read()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        tail = SPARSE_SIZE - 5000
+        with open(cold_path, "rb") as c:
+            c.seek(tail - 4096)
+            assert m[tail - 4096 :] == c.read()
     assert file_hash(path) == cold_hashes[SPARSE_NAME]
 
 
@@ -276,17 +279,18 @@ def test_every_write_fails_with_erofs_and_cold_is_unchanged(
 def test_statfs_reports_the_cold_stores_size(mounted: Mount, cold_files: Path) -> None:
     seen = os.statvfs(mounted.mountpoint)
     cold = os.statvfs(cold_files)
-    assert seen.f_blocks * seen.f_frsize == pytest.approx(
-        cold.f_blocks * cold.f_frsize, rel=1e-6
-    )
+    assert seen.f_blocks * seen.f_frsize == pytest.approx(cold.f_blocks * cold.f_frsize, rel=1e-6)
     assert seen.f_bavail * seen.f_frsize == pytest.approx(cold.f_bavail * cold.f_frsize, rel=0.01)
 
 
-def test_sequential_reader_is_served_by_prefetch(mounted: Mount, cold_hashes: dict[str, str]) -> None:
+def test_sequential_reader_is_served_by_prefetch(
+    mounted: Mount, cold_hashes: dict[str, str]
+) -> None:
     before = mounted.stats()
-    assert file_hash(mounted.mountpoint / "models" / "multi.bin", chunk=1 << 20) == cold_hashes[
-        "multi.bin"
-    ]
+    assert (
+        file_hash(mounted.mountpoint / "models" / "multi.bin", chunk=1 << 20)
+        == cold_hashes["multi.bin"]
+    )
     after = mounted.stats()
     pushed = after["pushed_bytes"] - before["pushed_bytes"]
     served = after["read_bytes"] - before["read_bytes"]

@@ -107,8 +107,15 @@ def test_missing_file_is_a_config_error(fs: FakeFilesystem) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("200G", 200 << 30), ("512MiB", 512 << 20), ("1.5T", int(1.5 * (1 << 40))), ("4k", 4096),
-     (123, 123), ("77", 77), ("2 GB", 2 << 30)],
+    [
+        ("200G", 200 << 30),
+        ("512MiB", 512 << 20),
+        ("1.5T", int(1.5 * (1 << 40))),
+        ("4k", 4096),
+        (123, 123),
+        ("77", 77),
+        ("2 GB", 2 << 30),
+    ],
 )
 def test_sizes_parse_as_binary_units(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected
