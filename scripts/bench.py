@@ -1,0 +1,336 @@
+"""Side-by-side benchmarks of tierfs, written to docs/benchmarks.md.
+
+Every figure is measured in the same run as the bound it is compared with, because these
+machines are noisy. Sections: ``fuse`` (reads through the mount against reads of the
+backing file), ``loader`` (scripts/bench_loader.py) and ``promote`` (when tiers exist).
+
+Usage: scripts/bench [fuse|loader|all] [--size 2G] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "benchmarks.md"
+sys.path.insert(0, str(REPO))
+
+from tierfs.config import parse_size  # noqa: E402
+from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry  # noqa: E402
+
+GB = 1e9
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} vCPU ({cpu}), {mem:.0f} GiB RAM, Linux {platform.release()}"
+
+
+def timed(fn: Callable[[], int]) -> float:
+    """Run fn (which returns bytes handled) and return GB/s."""
+    start = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - start) / GB
+
+
+def dd(path: Path) -> Callable[[], int]:
+    def run() -> int:
+        subprocess.run(
+            ["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True
+        )
+        return path.stat().st_size
+
+    return run
+
+
+def mmap_read(path: Path) -> Callable[[], int]:
+    """Touch every page through a shared mapping, as llama.cpp's loader does."""
+
+    def run() -> int:
+        import xxhash
+
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            m.madvise(mmap.MADV_WILLNEED)
+            xxhash.xxh3_64_intdigest(memoryview(m))
+            return len(m)
+
+    return run
+
+
+def safetensors_load(path: Path) -> Callable[[], int]:
+    def run() -> int:
+        from safetensors.torch import load_file
+
+        import torch
+        import xxhash
+
+        # load_file maps the file lazily; hashing every tensor makes it read all bytes,
+        # without allocating new memory that would measure the VM instead.
+        tensors = load_file(path)
+        n = 0
+        for t in tensors.values():
+            xxhash.xxh3_64_intdigest(t.view(torch.int16).numpy())
+            n += t.numel() * t.element_size()
+        del tensors
+        return n
+
+    return run
+
+
+def fresh_memory_rate(size: int = 1 << 30) -> float:
+    """GB/s of writing into memory never touched before: the VM's first-touch cost."""
+    with mmap.mmap(-1, size) as m:
+        block = b"\1" * (4 << 20)
+        start = time.perf_counter()
+        for off in range(0, size, len(block)):
+            m[off : off + len(block)] = block
+        return size / (time.perf_counter() - start) / GB
+
+
+@dataclass
+class Row:
+    case: str
+    direct: list[float]
+    mount: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.mount) / statistics.median(self.direct)
+
+
+class TierfsMount:
+    """A tierfs daemon over given cold stores, for the length of a with-block."""
+
+    def __init__(self, workdir: Path, cold: list[tuple[str, Path]]) -> None:
+        self.mountpoint = workdir / "mnt"
+        self.config = workdir / "bench.toml"
+        self.log = workdir / "tierfs.log"
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        lines = [f'mountpoint = "{self.mountpoint}"', f'state_dir = "{workdir / "state"}"']
+        for name, path in cold:
+            lines += ["[[cold]]", f'name = "{name}"', f'path = "{path}"']
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> TierfsMount:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tierfs", "mount", "-f", "-c", str(self.config)],
+                stdout=out,
+                stderr=out,
+                cwd=REPO,
+            )
+        deadline = time.monotonic() + 30
+        while not is_tierfs(mount_entry(self.mountpoint)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"tierfs did not mount; see {self.log}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        if mount_entry(self.mountpoint) is not None:
+            lazy_unmount(self.mountpoint)
+
+    def stats(self) -> dict[str, int]:
+        return dict(json.loads(os.getxattr(self.mountpoint, "user.tierfs.stats")))
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def make_file(path: Path, size: int) -> None:
+    if path.exists() and path.stat().st_size == size:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chunk = os.urandom(64 << 20)
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            n = min(len(chunk), size - written)
+            f.write(chunk[:n])
+            written += n
+
+
+def make_checkpoint(path: Path, size: int) -> None:
+    """A bf16 safetensors file of about `size` bytes, random data."""
+    if path.exists() and abs(path.stat().st_size - size) < (64 << 20):
+        return
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per = 64 << 20
+    tensors = {
+        f"layer.{i}.weight": torch.randint(-(2**15), 2**15, (per // 2,), dtype=torch.int16).view(
+            torch.bfloat16
+        )
+        for i in range(max(1, size // per))
+    }
+    save_file(tensors, str(path))
+
+
+def bench_fuse(workdir: Path, size: int, repeat: int) -> str:
+    # Each store keeps its files under its own directory, so the merged namespace shows
+    # both copies: <mnt>/disk/... from the disk store and <mnt>/ram/... from tmpfs.
+    disk_store = workdir / "disk-store"
+    disk = disk_store / "disk"
+    make_file(disk / "big.bin", size)
+    make_checkpoint(disk / "model.safetensors", size)
+    rows: list[Row] = []
+    memory_rates = [fresh_memory_rate() for _ in range(repeat)]
+    with tmpfs(workdir / "ram-store", f"{(2 * size >> 20) + 256}M") as ram_store:
+        ram = ram_store / "ram"
+        ram.mkdir()
+        shutil.copyfile(disk / "big.bin", ram / "big.bin")
+        shutil.copyfile(disk / "model.safetensors", ram / "model.safetensors")
+        cold = [("disk", disk_store), ("ram", ram_store)]
+        stores = dict(cold)
+
+        def measure(
+            case: str,
+            rel: str,
+            make: Callable[[Path], Callable[[], int]],
+            prepare: Callable[[], None],
+        ) -> None:
+            row = Row(case, [], [])
+            for _ in range(repeat):
+                prepare()
+                row.direct.append(timed(make(stores[rel.split("/")[0]] / rel)))
+                prepare()
+                # A fresh mount per sample: no FUSE page is cached from an earlier one.
+                with TierfsMount(workdir, cold) as m:
+                    row.mount.append(timed(make(m.mountpoint / rel)))
+            rows.append(row)
+
+        def warm_disk() -> None:
+            drop_caches()
+            for name in ("big.bin", "model.safetensors"):
+                dd(disk / name)()
+
+        def nothing() -> None:
+            pass
+
+        measure("disk, cold cache, dd bs=1M", "disk/big.bin", dd, drop_caches)
+        measure("disk, warm cache, dd bs=1M", "disk/big.bin", dd, warm_disk)
+        measure("tmpfs, dd bs=1M", "ram/big.bin", dd, nothing)
+        measure("tmpfs, mmap(MAP_SHARED), every page", "ram/big.bin", mmap_read, nothing)
+        measure(
+            "disk, cold cache, safetensors load_file",
+            "disk/model.safetensors",
+            safetensors_load,
+            drop_caches,
+        )
+        measure("tmpfs, safetensors load_file", "ram/model.safetensors", safetensors_load, nothing)
+
+        # The second read through one mount is served from the page cache it kept.
+        reread = Row("tmpfs, dd bs=1M, second read through the same mount", [], [])
+        for _ in range(repeat):
+            with TierfsMount(workdir, cold) as m:
+                dd(m.mountpoint / "ram" / "big.bin")()
+                reread.direct.append(timed(dd(ram / "big.bin")))
+                reread.mount.append(timed(dd(m.mountpoint / "ram" / "big.bin")))
+        rows.append(reread)
+    return render_fuse(rows, size, repeat, memory_rates)
+
+
+def render_fuse(rows: list[Row], size: int, repeat: int, memory_rates: list[float]) -> str:
+    out = [
+        f"Reads through the mount against reads of the backing file, {size / 2**30:.1f} GiB file,"
+        f" median of {repeat}; each mount sample uses a fresh mount, so no FUSE page is cached.",
+        "",
+        "| case | direct GB/s | through tierfs GB/s | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        out.append(
+            f"| {row.case} | {statistics.median(row.direct):.2f} | "
+            f"{statistics.median(row.mount):.2f} | {row.ratio:.2f} |"
+        )
+    out += [
+        "",
+        f"First touch of fresh memory in the same run: {statistics.median(memory_rates):.2f} GB/s"
+        " (median). A first read through any FUSE mount without passthrough fills new page-cache"
+        " pages, so on this VM that rate, not the backing store, bounds it.",
+    ]
+    return "\n".join(out)
+
+
+def write_section(name: str, body: str, title: str) -> None:
+    DOC.parent.mkdir(exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = (
+        f"<!-- bench:{name} -->\n## {title}\n\nMachine: {machine()}. Date: {stamp}.\n\n"
+        f"{body}\n<!-- /bench:{name} -->"
+    )
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
+    )
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("section", nargs="?", default="all", choices=["fuse", "loader", "all"])
+    parser.add_argument("--size", default="2G", help="size of the test file (default 2G)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench-data")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("scripts/bench needs root (drop_caches, tmpfs mounts)")
+    size = parse_size(args.size)
+    if args.section in ("fuse", "all"):
+        body = bench_fuse(args.workdir, size, args.repeat)
+        print(body)
+        write_section("fuse", body, "Reads through the mount (issue 2)")
+    if args.section in ("loader", "all"):
+        loader_bench = REPO / "scripts" / "bench_loader.py"
+        if loader_bench.exists():
+            subprocess.run(
+                [sys.executable, str(loader_bench), "--workdir", str(args.workdir)], check=True
+            )
+        else:
+            print("loader benchmark not present yet", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
