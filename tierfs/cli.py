@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -43,7 +45,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check or show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False)
+# Piped output is read by scripts and people alike: never cut model names to fit 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 P = ParamSpec("P")
@@ -141,44 +144,231 @@ def status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the models in the namespace, name conflicts and malformed units."""
-    from tierfs.inventory import namespace_for, take_inventory
-
+    """Show tiers, models and copies in flight (from the running mount, or the catalog)."""
     cfg = _config(config)
     setup_logging("error")
-    inventory = take_inventory(namespace_for(cfg))
+    from tierfs.client import ControlClient, daemon_running
+
+    if daemon_running(cfg.control_socket):
+        with ControlClient(cfg.control_socket) as client:
+            report = client.status()
+    else:
+        from tierfs.status import offline_report
+
+        report = offline_report(cfg)
     if as_json:
-        out.print_json(json.dumps(inventory.to_json()))
+        out.print_json(json.dumps(report))
         return
-    _print_inventory(cfg, inventory.to_json())
+    _print_report(report)
 
 
-def _print_inventory(cfg: Config, data: dict[str, Any]) -> None:
-    out.print(f"[bold]tierfs[/bold] {cfg.mountpoint}")
-    stores = Table(title="Cold stores", title_justify="left", box=None)
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    seconds = max(time.time() - ts, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _print_report(data: dict[str, Any]) -> None:
+    state = "[green]mounted[/green]" if data["running"] else "[yellow]not mounted[/yellow]"
+    out.print(f"[bold]tierfs[/bold] {data['mountpoint']} ({state})")
+    stores = Table(title="Cold stores (read-only)", title_justify="left", box=None)
     for column in ("name", "path"):
         stores.add_column(column)
-    for store in cfg.cold:
-        stores.add_row(store.name, str(store.path))
+    for store in data["cold"]:
+        stores.add_row(store["name"], store["path"])
     out.print(stores)
+    if data["tiers"]:
+        tiers = Table(title="Tiers", title_justify="left", box=None)
+        for column in ("name", "kind", "rank", "size", "used", "free", "path"):
+            tiers.add_column(
+                column, justify="right" if column in ("size", "used", "free") else "left"
+            )
+        for t in data["tiers"]:
+            tiers.add_row(
+                t["name"],
+                t["kind"],
+                str(t["rank"]),
+                format_size(t["size"]),
+                format_size(t["used"]),
+                format_size(t["free"]),
+                t["path"],
+            )
+        out.print(tiers)
     models = Table(title="Models", title_justify="left", box=None)
-    for column in ("name", "kind", "size", "files"):
+    for column in ("name", "kind", "size", "files", "state", "tier", "pinned", "last access"):
         models.add_column(column, justify="right" if column in ("size", "files") else "left")
     for m in data["models"]:
-        models.add_row(m["name"], m["kind"], format_size(m["size"]), str(len(m["files"])))
+        pinned = (m["pin_tier"] or "yes") if m["pinned"] else ""
+        models.add_row(
+            m["name"],
+            m["kind"],
+            format_size(m["size"]),
+            str(m["files"]),
+            m["state"],
+            ",".join(m["tiers"]),
+            pinned,
+            _ago(m["last_access"]),
+        )
     out.print(models)
     if not data["models"]:
         out.print("  (no models found)")
+    for m in data["models"]:
+        if m.get("cold_reason"):
+            out.print(f"  {m['name']} stays cold: {m['cold_reason']}", markup=False)
+    active = [j for j in data["jobs"] if j["state"] in ("queued", "running")]
+    if active:
+        out.print("[bold]Copies in flight[/bold]")
+        for j in active:
+            pct = 100 * j["bytes_done"] / j["bytes_total"] if j["bytes_total"] else 100.0
+            out.print(
+                f"  {j['model']} -> {j['tier']}: {pct:.0f}% of "
+                f"{format_size(j['bytes_total'])}, {j['rate'] / 1e9:.2f} GB/s"
+            )
     if data["conflicts"]:
         out.print("[bold]Name conflicts[/bold] (the first store wins)")
         for c in data["conflicts"]:
             out.print(
-                f"  {c['relpath']}: served from {c['winner']}, also in {', '.join(c['losers'])}"
+                f"  {c['relpath']}: served from {c['winner']}, also in {', '.join(c['losers'])}",
+                markup=False,
             )
     if data["problems"]:
         out.print("[bold yellow]Problems[/bold yellow]")
         for p in data["problems"]:
             out.print(f"  {p['path']}: {p['message']}", markup=False)
+
+
+def _client(cfg: Config) -> Any:
+    from tierfs.client import ControlClient, daemon_running
+    from tierfs.errors import ControlError
+
+    if not daemon_running(cfg.control_socket):
+        raise ControlError(
+            f"tierfs is not mounted at {cfg.mountpoint} (no daemon on {cfg.control_socket})"
+        )
+    return ControlClient(cfg.control_socket)
+
+
+ModelArg = Annotated[str, typer.Argument(help="A model name as `tierfs status` lists it.")]
+TierOption = Annotated[str | None, typer.Option("--tier", "-t", help="Tier to use.")]
+
+
+@app.command()
+@user_errors
+def promote(
+    model: ModelArg,
+    tier: TierOption = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until it is hot.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Copy a model into a RAM tier."""
+    cfg = _config(config)
+    with _client(cfg) as client:
+        job = client.promote(model, tier)
+        if not wait:
+            out.print(f"promoting {job['model']} to {job['tier']} (job {job['id']})")
+            return
+        job = _follow(client, job)
+        if job["state"] != "done":
+            from tierfs.errors import ControlError
+
+            raise ControlError(f"promotion of {job['model']} {job['state']}: {job['error']}")
+        final = next((m for m in client.status()["models"] if m["name"] == job["model"]), None)
+        if final is None or final["state"] != "hot":
+            from tierfs.errors import ControlError
+
+            state = final["state"] if final else "gone"
+            raise ControlError(f"{job['model']} is {state} after its promotion")
+        out.print(f"{job['model']} is hot on {job['tier']}")
+
+
+def _follow(client: Any, job: dict[str, Any]) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task(f"{job['model']} -> {job['tier']}", total=job["bytes_total"])
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.2)
+            job = client.job(job["id"])
+            progress.update(task, completed=job["bytes_done"], total=job["bytes_total"])
+    return job
+
+
+@app.command()
+@user_errors
+def demote(model: ModelArg, config: ConfigOption = None) -> None:
+    """Remove a model's hot copies; reads go back to cold storage."""
+    cfg = _config(config)
+    with _client(cfg) as client:
+        result = client.demote(model)
+    out.print(f"demoted {result['model']}: {format_size(result['freed'])} freed")
+
+
+@app.command()
+@user_errors
+def pin(model: ModelArg, tier: TierOption = None, config: ConfigOption = None) -> None:
+    """Keep a model hot: promote it now and never evict it (survives restarts)."""
+    cfg = _config(config)
+    with _client(cfg) as client:
+        job = client.pin(model, tier)
+    out.print(f"pinned {job['model']} (promoting to {job['tier']}, job {job['id']})")
+
+
+@app.command()
+@user_errors
+def unpin(model: ModelArg, config: ConfigOption = None) -> None:
+    """Let a pinned model be evicted again."""
+    cfg = _config(config)
+    with _client(cfg) as client:
+        result = client.unpin(model)
+    word = "unpinned" if result["unpinned"] else "was not pinned:"
+    out.print(f"{word} {result['model']}")
+
+
+@app.command()
+@user_errors
+def fsck(
+    deep: Annotated[bool, typer.Option("--deep", help="Re-hash every hot copy.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Check the catalog against the tiers and repair it."""
+    cfg = _config(config)
+    setup_logging("error")
+    from tierfs.client import ControlClient, daemon_running
+
+    if daemon_running(cfg.control_socket):
+        with ControlClient(cfg.control_socket, timeout=3600) as client:
+            report = client.fsck(deep)
+    else:
+        from tierfs.catalog import Catalog
+        from tierfs.fsck import check
+        from tierfs.tiers import prepare_tier
+
+        tiers = [prepare_tier(t) for t in cfg.tier]
+        with Catalog(cfg.catalog_path) as catalog:
+            report = check(catalog, tiers, {c.name: c.path for c in cfg.cold}, deep=deep).to_json()
+    for finding in report["findings"]:
+        out.print(f"{finding['path']}: {finding['problem']} ({finding['action']})", markup=False)
+    hashed = f", {format_size(report['bytes_hashed'])} re-hashed" if deep else ""
+    verdict = "clean" if report["clean"] else f"{len(report['findings'])} problem(s) found"
+    out.print(f"fsck: {verdict}; {report['replicas_checked']} hot copies checked{hashed}")
 
 
 @config_app.command("check")

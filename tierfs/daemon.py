@@ -17,17 +17,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
 
 from tierfs.catalog import Catalog
 from tierfs.config import Config
+from tierfs.control import serve_control
 from tierfs.errors import MountError
 from tierfs.fs import TierfsOperations
+from tierfs.fsck import FsckReport, check
+from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
 from tierfs.placement import Placement
 from tierfs.readpath import ReadPath
+from tierfs.status import build_report
+from tierfs.tiers import prepare_tier
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +160,13 @@ def prepare_mountpoint(mountpoint: Path) -> None:
 def _is_alive(mountpoint: Path) -> bool:
     """Whether a FUSE mount still has a daemon answering it.
 
-    A stat of a mount whose daemon died fails at once with ENOTCONN. The stat runs in a
-    child process with a timeout, so a daemon that is alive but wedged cannot hang us.
+    statfs of a mount whose daemon died fails at once with ENOTCONN; a stat would not,
+    since the kernel answers it from cached attributes. The probe runs in a child process
+    with a timeout, so a daemon that is alive but wedged cannot hang us.
     """
     try:
         result = subprocess.run(
-            [sys.executable, "-c", f"import os; os.stat({str(mountpoint)!r})"],
+            [sys.executable, "-c", f"import os; os.statvfs({str(mountpoint)!r})"],
             capture_output=True,
             timeout=10,
         )
@@ -194,17 +201,44 @@ class Daemon:
 
     Args:
         config: the validated configuration.
+        on_ready: called once the mount serves.
+
+    Raises:
+        TierError: a tier is missing, too small or not RAM-backed.
+        CatalogError: the catalog is unusable.
     """
 
     def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
         self.config = config
         self._on_ready = on_ready
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
+        self.tiers = [prepare_tier(t) for t in config.tier]
         self.catalog = Catalog(config.catalog_path)
         self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         self.placement = Placement(self.catalog)
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
         self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
+        self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
+        self.control = DaemonControl(self)
         self._mounted = False
+
+    @property
+    def stores(self) -> dict[str, Path]:
+        return {c.name: c.path for c in self.config.cold}
+
+    def recover(self) -> FsckReport:
+        """Resolve what an earlier run left half-done, before anything is served."""
+        report = check(self.catalog, self.tiers, self.stores, deep=False, repair=True)
+        if report.clean:
+            log.info("catalog consistent; %d hot copies adopted", report.adopted)
+        else:
+            log.warning(
+                "recovered: %d findings repaired, %d hot copies adopted",
+                len(report.findings),
+                report.adopted,
+            )
+        return report
 
     def run(self) -> None:
         """Mount, serve until SIGINT or SIGTERM, then unmount.
@@ -214,6 +248,7 @@ class Daemon:
         """
         mountpoint = self.config.mountpoint
         prepare_mountpoint(mountpoint)
+        self.recover()
         try:
             try:
                 pyfuse3.init(self.operations, str(mountpoint), mount_options(self.config))
@@ -242,6 +277,8 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.readpath.run)
             await nursery.start(self._watch_signals)
+            await nursery.start(self.mover.run)
+            await nursery.start(serve_control, self.control, self.config.control_socket)
             nursery.start_soon(self._flush_access)
             entry = mount_entry(self.config.mountpoint)
             if entry is not None:
@@ -304,3 +341,123 @@ def spawn_daemon(config_path: Path, config: Config, log_file: Path, timeout: flo
         path=str(config.mountpoint),
         errno=errno.EIO,
     )
+
+
+class DaemonControl:
+    """The control API's view of a running daemon (see `tierfs.control`)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._fsck_lock = trio.Lock()
+
+    async def status(self) -> dict[str, Any]:
+        d = self.daemon
+        inventory = await d.mover.inventory()
+        jobs = [j.to_json() for j in d.mover.jobs()]
+        reasons = d.mover.cold_reasons()
+        report = await trio.to_thread.run_sync(
+            lambda: build_report(
+                d.config,
+                inventory,
+                d.catalog,
+                d.namespace,
+                jobs=jobs,
+                cold_reasons=reasons,
+                last_access={},
+                running=True,
+            )
+        )
+        report["reads"] = d.operations.stats()
+        return dict(report)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [j.to_json() for j in self.daemon.mover.jobs()]
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        job = self.daemon.mover.job(job_id)
+        return job.to_json() if job else None
+
+    async def promote(self, model: str, tier: str | None) -> dict[str, Any]:
+        job = await self.daemon.mover.promote(model, tier, reason="command")
+        return job.to_json()
+
+    async def demote(self, model: str) -> dict[str, Any]:
+        found = await self.daemon.mover.model(model)
+        freed = await self.daemon.mover.demote(model)
+        return {"model": found.name, "freed": freed}
+
+    async def pin(self, model: str, tier: str | None) -> dict[str, Any]:
+        job = await self.daemon.mover.pin(model, tier)
+        return job.to_json()
+
+    async def unpin(self, model: str) -> dict[str, Any]:
+        found = await self.daemon.mover.model(model)
+        return {"model": found.name, "unpinned": await self.daemon.mover.unpin(model)}
+
+    async def fsck(self, deep: bool) -> dict[str, Any]:
+        d = self.daemon
+        busy = frozenset(
+            (r.file_id, r.tier)
+            for r in await trio.to_thread.run_sync(d.catalog.replicas)
+            if r.state.value == "copying"
+        )
+        token = trio.lowlevel.current_trio_token()
+
+        def withdraw(store: str, relpath: str) -> None:
+            trio.from_thread.run_sync(d.placement.set_hot, (store, relpath), None, trio_token=token)
+
+        async with self._fsck_lock:
+            await d.placement.flush_access()
+            report = await trio.to_thread.run_sync(
+                lambda: check(
+                    d.catalog,
+                    d.tiers,
+                    d.stores,
+                    deep=deep,
+                    repair=True,
+                    busy=busy,
+                    clear_temp=False,
+                    withdraw=withdraw,
+                )
+            )
+            # Copies replaced or removed by the check are re-read from the catalog.
+            await d.placement.load()
+        return report.to_json()
+
+    def metrics(self) -> dict[str, Any]:
+        d = self.daemon
+        s = d.readpath.stats
+        usage = d.catalog.tier_usage()
+        return {
+            "tierfs_read_bytes_total": (
+                "counter",
+                "Bytes served by FUSE reads",
+                [({}, s.read_bytes)],
+            ),
+            "tierfs_read_requests_total": (
+                "counter",
+                "FUSE read requests",
+                [({}, s.read_requests)],
+            ),
+            "tierfs_prefetch_bytes_total": (
+                "counter",
+                "Bytes pushed into the page cache",
+                [({}, s.pushed_bytes)],
+            ),
+            "tierfs_opens_total": ("counter", "Files opened", [({}, s.opens)]),
+            "tierfs_tier_capacity_bytes": (
+                "gauge",
+                "Tier capacity",
+                [({"tier": t.name}, t.capacity) for t in d.tiers] or [({"tier": ""}, 0)],
+            ),
+            "tierfs_tier_used_bytes": (
+                "gauge",
+                "Bytes claimed on a tier",
+                [({"tier": t.name}, usage.get(t.name, 0)) for t in d.tiers] or [({"tier": ""}, 0)],
+            ),
+            "tierfs_copies_active": (
+                "gauge",
+                "Promotions in flight",
+                [({}, sum(1 for j in d.mover.jobs() if j.active))],
+            ),
+        }

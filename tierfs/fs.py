@@ -207,7 +207,8 @@ class TierfsOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         async with _fuse_errors():
             handle = await self.readpath.release(fh)
-            self.placement.closed(handle)
+            node = self.namespace.get(handle.inode)
+            self.placement.closed(handle, (node.store, node.relpath))
 
     # Extended attributes ---------------------------------------------------------------
 

@@ -136,6 +136,8 @@ class Namespace:
         self._next_inode = ROOT_INODE + 1
         self._conflicts: dict[str, Conflict] = {}
         self._changed: list[Node] = []
+        # Bumped whenever a directory's entries change, so model detection knows to rescan.
+        self.generation = 0
         first = stores[0]
         try:
             root_stat = os.stat(first.root)
@@ -333,6 +335,9 @@ class Namespace:
                     store.name,
                     ", ".join(repr(x) for x in losers),
                 )
+        # A first scan adds nothing anyone has seen; only a change to a known listing counts.
+        if directory.children is not None and set(directory.children) != set(children):
+            self.generation += 1
         directory.children = children
         directory.stamp = tuple(stamp)
 

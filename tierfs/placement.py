@@ -1,23 +1,28 @@
 """Placement: which copy of a file serves new opens, and what is known about it.
 
-The FUSE layer asks this module, never the catalog directly. Without RAM tiers every
-file is served from its cold store; the tiering layer registers hot copies here as they
-become complete and withdraws them before they are deleted.
+The FUSE layer asks this module, never the catalog directly. A file is served from its
+cold store until the mover registers a complete, verified hot copy here; the mover
+withdraws the copy here before it deletes it. Open handles are not affected either way:
+they keep the fd of the copy they were opened on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
-from tierfs.catalog import AccessDelta, Catalog, FileRecord
+from tierfs.catalog import AccessDelta, Catalog, FileRecord, ReplicaState
 from tierfs.namespace import Node
 from tierfs.readpath import Backing, OpenFile
 
 log = logging.getLogger(__name__)
+
+FileKey = tuple[str, str]  # (cold store, relpath)
 
 
 @dataclass
@@ -31,20 +36,41 @@ class Placement:
     """Resolve backing copies and gather access statistics.
 
     Args:
-        catalog: where hashes are read from and access statistics go.
+        catalog: where hashes and hot replicas are read from and access statistics go.
     """
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self._records: dict[tuple[str, str], FileRecord] = {}
-        self._hot: dict[tuple[str, str], Backing] = {}
-        self._access: dict[tuple[str, str], _Access] = {}
+        self._records: dict[FileKey, FileRecord] = {}
+        self._hot: dict[FileKey, Backing] = {}
+        self._pending: dict[FileKey, _Access] = {}
+        self._last_access: dict[FileKey, float] = {}
         self._catalog_limiter = trio.CapacityLimiter(1)
+        # Set by the mover: sees every open (transparent promotion), and every cold
+        # file that changed underneath (its hot copies must go).
+        self.on_open: Callable[[Node], None] | None = None
+        self.on_cold_changed: Callable[[str, str], Awaitable[None]] | None = None
 
     async def load(self) -> None:
-        """Read what the catalog knows about files."""
-        records = await trio.to_thread.run_sync(self.catalog.files)
+        """Read what the catalog knows: file records and verified hot copies."""
+
+        def read() -> tuple[list[FileRecord], list[tuple[FileKey, Backing]]]:
+            records = self.catalog.files()
+            by_id = {r.id: r for r in records}
+            hot = []
+            for replica in self.catalog.replicas():
+                record = by_id.get(replica.file_id)
+                if record is not None and replica.state is ReplicaState.HOT:
+                    key = (record.store, record.relpath)
+                    hot.append((key, Backing(replica.tier, Path(replica.path))))
+            return records, hot
+
+        records, hot = await trio.to_thread.run_sync(read, limiter=self._catalog_limiter)
         self._records = {(r.store, r.relpath): r for r in records}
+        self._last_access = {
+            (r.store, r.relpath): r.last_access for r in records if r.last_access is not None
+        }
+        self._hot = dict(hot)
 
     def record_of(self, node: Node) -> FileRecord | None:
         """The catalog's record of a node's cold file, if it is current."""
@@ -59,11 +85,24 @@ class Placement:
     def set_record(self, record: FileRecord) -> None:
         self._records[(record.store, record.relpath)] = record
 
-    def cold_backing(self, node: Node) -> Backing:
-        return Backing(tier=node.store, path=node.source)
+    def hot_backing(self, key: FileKey) -> Backing | None:
+        return self._hot.get(key)
+
+    def hot_files(self) -> dict[FileKey, Backing]:
+        return dict(self._hot)
+
+    def set_hot(self, key: FileKey, backing: Backing | None) -> None:
+        """Serve new opens of a file from `backing`, or from cold when None."""
+        if backing is None:
+            self._hot.pop(key, None)
+        else:
+            self._hot[key] = backing
 
     def backing_for_xattr(self, node: Node) -> Backing:
-        return self._hot.get((node.store, node.relpath)) or self.cold_backing(node)
+        return self._hot.get((node.store, node.relpath)) or Backing(node.store, node.source)
+
+    def last_access(self, key: FileKey) -> float:
+        return self._last_access.get(key, 0.0)
 
     async def backing_for_open(self, node: Node) -> Backing:
         """The copy that serves an open of `node`; the open is counted."""
@@ -80,24 +119,18 @@ class Placement:
                 limiter=self._catalog_limiter,
             )
             self.set_record(record)
-        access = self._access.setdefault(key, _Access())
+        now = time.time()
+        access = self._pending.setdefault(key, _Access())
         access.opens += 1
-        access.last_access = time.time()
-        return self._hot.get(key) or self.cold_backing(node)
+        access.last_access = now
+        self._last_access[key] = now
+        backing = self._hot.get(key) or Backing(node.store, node.source)
+        if self.on_open is not None:
+            self.on_open(node)
+        return backing
 
-    def closed(self, handle: OpenFile) -> None:
-        for key, backing in self._hot.items():
-            if backing.path == handle.backing.path:
-                self._access.setdefault(key, _Access()).bytes_read += handle.bytes_read
-                return
-
-    def set_hot(self, node: Node, backing: Backing | None) -> None:
-        """Serve new opens of `node` from `backing`, or from cold when None."""
-        key = (node.store, node.relpath)
-        if backing is None:
-            self._hot.pop(key, None)
-        else:
-            self._hot[key] = backing
+    def closed(self, handle: OpenFile, key: FileKey) -> None:
+        self._pending.setdefault(key, _Access()).bytes_read += handle.bytes_read
 
     def xxh3_of(self, node: Node) -> str | None:
         record = self.record_of(node)
@@ -105,7 +138,8 @@ class Placement:
 
     async def cold_changed(self, node: Node) -> None:
         """A cold file changed underneath: stop serving any copy of its old bytes."""
-        self.set_hot(node, None)
+        key = (node.store, node.relpath)
+        self.set_hot(key, None)
         record = await trio.to_thread.run_sync(
             self.catalog.sync_file,
             node.store,
@@ -115,15 +149,17 @@ class Placement:
             limiter=self._catalog_limiter,
         )
         self.set_record(record)
+        if self.on_cold_changed is not None:
+            await self.on_cold_changed(*key)
 
     async def flush_access(self) -> None:
         """Write gathered access statistics to the catalog."""
-        if not self._access:
+        if not self._pending:
             return
-        pending, self._access = self._access, {}
+        pending, self._pending = self._pending, {}
         deltas = []
-        for (store, relpath), access in pending.items():
-            record = self._records.get((store, relpath))
+        for key, access in pending.items():
+            record = self._records.get(key)
             if record is not None:
                 deltas.append(
                     AccessDelta(record.id, access.opens, access.bytes_read, access.last_access)

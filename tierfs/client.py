@@ -1,0 +1,97 @@
+"""A client of the control API, over the daemon's unix socket."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tierfs.errors import ControlError
+
+log = logging.getLogger(__name__)
+
+
+def daemon_running(socket_path: Path) -> bool:
+    """Whether a daemon listens on the control socket (a stale socket file is not one)."""
+    if not socket_path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(socket_path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class ControlClient:
+    """Calls the control API of the daemon whose socket is `socket_path`.
+
+    Raises:
+        ControlError: the daemon cannot be reached, or refused the request (its message
+            is kept).
+    """
+
+    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path)),
+            base_url="http://tierfs",
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise ControlError(
+                f"cannot reach the tierfs daemon at {self.socket_path}: {exc}",
+                path=str(self.socket_path),
+                errno=errno.ECONNREFUSED,
+            ) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"error": response.text}
+        if response.status_code >= 400:
+            raise ControlError(
+                str(data.get("error", response.text)),
+                errno=int(data.get("errno", errno.EIO)),
+            )
+        return data
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/api/status"))
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/jobs/{job_id}"))
+
+    def promote(self, model: str, tier: str | None) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/promote", {"model": model, "tier": tier}))
+
+    def demote(self, model: str) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/demote", {"model": model}))
+
+    def pin(self, model: str, tier: str | None) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/pin", {"model": model, "tier": tier}))
+
+    def unpin(self, model: str) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/unpin", {"model": model}))
+
+    def fsck(self, deep: bool) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/fsck", {"deep": deep}))

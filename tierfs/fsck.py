@@ -1,0 +1,229 @@
+"""Checking the catalog against the tiers, and repairing what a crash left behind.
+
+The same check runs at mount time (recovery after a clean stop or a ``kill -9``), by
+``tierfs fsck`` without a mount, and inside a running mount through the control API.
+The rules follow from the replica states:
+
+- ``copying``: the copy never finished, or finished but was never accepted; the file is
+  removed and the claim dropped. Temp files are removed.
+- ``evicting``: the demotion did not finish; it is completed.
+- ``hot``: adopted again when the file is there with the right size and its cold source
+  still has the recorded identity; otherwise dropped. ``deep`` re-hashes it, and a copy
+  whose hash differs is replaced by a fresh verified copy.
+- Files on a tier that the catalog does not know are removed: nothing vouches for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tierfs.catalog import Catalog, FileRecord, Replica, ReplicaState
+from tierfs.copier import CopyError, copy_file, hash_file
+from tierfs.tiers import Tier, unlink_quietly
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing that was not as it should be, and what was done about it."""
+
+    problem: str
+    path: str
+    action: str
+
+
+@dataclass
+class FsckReport:
+    findings: list[Finding] = field(default_factory=list)
+    replicas_checked: int = 0
+    bytes_hashed: int = 0
+    adopted: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def add(self, problem: str, path: str | Path, action: str) -> None:
+        finding = Finding(problem, str(path), action)
+        log.warning("fsck: %s: %s (%s)", finding.path, problem, action)
+        self.findings.append(finding)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "replicas_checked": self.replicas_checked,
+            "bytes_hashed": self.bytes_hashed,
+            "adopted": self.adopted,
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+def check(
+    catalog: Catalog,
+    tiers: Iterable[Tier],
+    stores: dict[str, Path],
+    *,
+    deep: bool = False,
+    repair: bool = True,
+    busy: frozenset[tuple[int, str]] = frozenset(),
+    clear_temp: bool = True,
+    withdraw: Callable[[str, str], None] | None = None,
+) -> FsckReport:
+    """Check every replica and tier file, repairing what is wrong when `repair` is set.
+
+    Blocking: call it from a worker thread inside the daemon.
+
+    Args:
+        catalog: the catalog.
+        tiers: the prepared tiers.
+        stores: cold store name -> root.
+        deep: re-hash every hot copy and compare with the recorded hash.
+        repair: fix what is found (otherwise only report it).
+        busy: (file id, tier) of copies in flight in a running daemon: left alone.
+        clear_temp: remove temp files (only when no copy can be running).
+        withdraw: called with (store, relpath) before a hot copy is removed or replaced,
+            so a running daemon stops serving it first.
+    """
+    report = FsckReport()
+    tiers = list(tiers)
+    tier_by_name = {t.name: t for t in tiers}
+    for problem in catalog.integrity_check():
+        report.add(f"catalog: {problem}", catalog.path, "needs manual repair")
+    if clear_temp:
+        for tier in tiers:
+            for temp in _files_under(tier.tmp_root):
+                report.add("temp file of an interrupted copy", temp, _remove(temp, repair))
+    records = {r.id: r for r in catalog.files()}
+    known_paths: set[Path] = set()
+    for replica in catalog.replicas():
+        if (replica.file_id, replica.tier) in busy:
+            known_paths.add(Path(replica.path))
+            continue
+        report.replicas_checked += 1
+        record = records.get(replica.file_id)
+        replica_tier = tier_by_name.get(replica.tier)
+        path = Path(replica.path)
+        if record is None:
+            continue  # unreachable: the foreign key cascades
+        key = (record.store, record.relpath)
+        if replica_tier is None:
+            report.add(
+                f"replica on unknown tier {replica.tier!r}", path, _drop(catalog, replica, repair)
+            )
+            continue
+        if replica.state is ReplicaState.COPYING:
+            report.add(
+                "copy interrupted before it was accepted", path, _discard(catalog, replica, repair)
+            )
+            continue
+        if replica.state is ReplicaState.EVICTING:
+            report.add("demotion interrupted", path, _discard(catalog, replica, repair))
+            continue
+        hot_problem = _hot_problem(catalog, record, replica, stores, repair)
+        if hot_problem is not None:
+            if withdraw and repair:
+                withdraw(*key)
+            report.add(hot_problem, path, _discard(catalog, replica, repair))
+            continue
+        known_paths.add(path)
+        if deep:
+            digest = hash_file(path)
+            report.bytes_hashed += replica.size
+            if record.xxh3 is not None and digest != record.xxh3:
+                if withdraw and repair:
+                    withdraw(*key)
+                action = "reported"
+                if repair:
+                    action = _recopy(record, replica, replica_tier, stores)
+                report.add(
+                    f"hot copy is corrupt (hash {digest}, expected {record.xxh3})", path, action
+                )
+                continue
+        report.adopted += 1
+    for tier in tiers:
+        for path in _files_under(tier.hot_root):
+            if path not in known_paths:
+                report.add("file on tier unknown to the catalog", path, _remove(path, repair))
+    return report
+
+
+def _hot_problem(
+    catalog: Catalog,
+    record: FileRecord,
+    replica: Replica,
+    stores: dict[str, Path],
+    repair: bool,
+) -> str | None:
+    path = Path(replica.path)
+    root = stores.get(record.store)
+    if root is None:
+        return f"cold store {record.store!r} is no longer configured"
+    try:
+        cold = os.stat(root / record.relpath)
+    except FileNotFoundError:
+        return "cold file is gone"
+    except OSError as exc:
+        # An unreachable cold store (NFS down) says nothing against the hot copy.
+        log.warning("fsck: cannot stat cold %s: %s", root / record.relpath, exc.strerror)
+        cold = None
+    if cold is not None and (cold.st_size, cold.st_mtime_ns) != (record.size, record.mtime_ns):
+        if repair:
+            catalog.sync_file(record.store, record.relpath, cold.st_size, cold.st_mtime_ns)
+        return "cold file changed underneath"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "hot copy is missing"
+    if st.st_size != replica.size or replica.size != record.size:
+        return f"hot copy has {st.st_size} bytes, expected {record.size}"
+    return None
+
+
+def _recopy(record: FileRecord, replica: Replica, tier: Tier, stores: dict[str, Path]) -> str:
+    source = stores[record.store] / record.relpath
+    try:
+        result = copy_file(
+            source, tier.temp_path(record.id), Path(replica.path), expected_size=record.size
+        )
+    except (CopyError, OSError) as exc:
+        return f"replacing it failed: {exc}"
+    if result.xxh3 != record.xxh3:
+        return "replaced from cold, whose hash also differs from the record"
+    return "replaced by a fresh verified copy"
+
+
+def _discard(catalog: Catalog, replica: Replica, repair: bool) -> str:
+    if not repair:
+        return "reported"
+    unlink_quietly(Path(replica.path))
+    catalog.drop_replica(replica.file_id, replica.tier)
+    return "removed"
+
+
+def _drop(catalog: Catalog, replica: Replica, repair: bool) -> str:
+    if not repair:
+        return "reported"
+    catalog.drop_replica(replica.file_id, replica.tier)
+    return "dropped from the catalog"
+
+
+def _remove(path: Path, repair: bool) -> str:
+    if not repair:
+        return "reported"
+    unlink_quietly(path)
+    return "removed"
+
+
+def _files_under(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    out: list[Path] = []
+    for dirpath, _dirs, files in os.walk(root):
+        out.extend(Path(dirpath) / name for name in files)
+    return out
