@@ -1,0 +1,429 @@
+"""The ``tierfs`` CLI in subprocesses, without a mount: config errors, config check and show,
+and ``status`` over a store holding good and malformed model units."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tierfs.demo import DemoStore, build_demo_store
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def tierfs_cli(*args: str, columns: int | None = 500) -> subprocess.CompletedProcess[str]:
+    """Run this worktree's CLI. `columns`: the terminal width to claim; None claims none,
+    as when output goes to a pipe, a file or the journal."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run(
+        [sys.executable, "-m", "tierfs", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        check=False,
+    )
+
+
+def toml_str(value: object) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string here
+
+
+@pytest.fixture
+def cold(tmp_path: Path) -> Path:
+    root = tmp_path / "cold"
+    root.mkdir()
+    return root
+
+
+def base_config(tmp_path: Path, cold: Path) -> str:
+    return (
+        f"mountpoint = {toml_str(tmp_path / 'mnt')}\nstate_dir = {toml_str(tmp_path / 'state')}\n"
+    )
+
+
+def cold_table(cold: Path, name: str = "main") -> str:
+    return f"[[cold]]\nname = {toml_str(name)}\npath = {toml_str(cold)}\n"
+
+
+# -- bad configs ------------------------------------------------------------------------------
+
+# id -> (config body after the top-level keys, key named in the message, words of the problem).
+# "{cold}" is the good cold store, "{tmp}" the test's directory.
+BAD_CONFIGS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "unknown-top-level-key": ("bogus = 1\n{cold_table}", "bogus", ("unknown key",)),
+    "unknown-key-in-cold": (
+        '[[cold]]\nname = "main"\npath = "{cold}"\ncolour = "red"\n',
+        "cold[0].colour",
+        ("unknown key",),
+    ),
+    "allow-other-string": ('allow_other = "yes"\n{cold_table}', "allow_other", ("bool",)),
+    "default-permissions-int": (
+        "default_permissions = 1\n{cold_table}",
+        "default_permissions",
+        ("bool",),
+    ),
+    "io-threads-string": ('{cold_table}[read]\nio_threads = "8"\n', "read.io_threads", ("int",)),
+    "log-level-unknown": ('log_level = "loud"\n{cold_table}', "log_level", ("'debug'", "'error'")),
+    "size-bool": (
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = true\n',
+        "tier[0].size",
+        ("expected a size", "True"),
+    ),
+    "size-potatoes": (
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = "12 potatoes"\n',
+        "tier[0].size",
+        ("expected a size", "12 potatoes"),
+    ),
+    "cold-path-missing": (
+        '[[cold]]\nname = "main"\npath = "{tmp}/nope"\n',
+        "cold[0].path",
+        ("nope", "does not exist"),
+    ),
+    "cold-path-not-a-directory": (
+        '[[cold]]\nname = "main"\npath = "{tmp}/a-file"\n',
+        "cold[0].path",
+        ("a-file", "is not a directory"),
+    ),
+    "cold-path-relative": (
+        '[[cold]]\nname = "main"\npath = "relative/dir"\n',
+        "cold[0].path",
+        ("relative/dir", "not an absolute path"),
+    ),
+    "tier-path-relative": (
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "ram0"\nsize = "1G"\n',
+        "tier[0].path",
+        ("not an absolute path",),
+    ),
+    "duplicate-cold-names": (
+        '{cold_table}[[cold]]\nname = "main"\npath = "{tmp}"\n',
+        None,
+        ("[[cold]]", "name", "'main'"),
+    ),
+    "watermarks-inverted": (
+        "{cold_table}[policy]\nlow_watermark = 0.9\nhigh_watermark = 0.5\n",
+        "policy",
+        ("low_watermark", "high_watermark", "must not exceed"),
+    ),
+    "prefetch-chunk-not-page-multiple": (
+        "{cold_table}[read]\nprefetch_chunk = 5000\n",
+        "read.prefetch_chunk",
+        ("5000", "multiple of 4096"),
+    ),
+    "invalid-toml": ("mountpoint = [1\n{cold_table}", None, ("invalid TOML", "line")),
+    "no-cold-store": ("", "cold", ("required key is missing",)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_exits_2_with_one_line_naming_file_key_and_problem(
+    tmp_path: Path, cold: Path, case: str
+) -> None:
+    body, key, words = BAD_CONFIGS[case]
+    (tmp_path / "a-file").write_text("not a directory\n")
+    config = tmp_path / "tierfs.toml"
+    top = "" if case == "invalid-toml" else base_config(tmp_path, cold)
+    config.write_text(top + body.format(cold_table=cold_table(cold), cold=cold, tmp=tmp_path))
+    for command in (["config", "check"], ["config", "show"], ["status"]):
+        proc = tierfs_cli(*command, "-c", str(config))
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stdout == "", proc.stdout
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        line = lines[0]
+        prefix = f"tierfs: {config}: "
+        assert line.startswith(prefix), line
+        if key is not None:
+            assert line.startswith(f"{prefix}{key}: "), line
+        for word in words:
+            assert word in line, f"{word!r} not in {line!r}"
+
+
+def test_missing_config_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "tierfs.toml"
+    proc = tierfs_cli("config", "check", "-c", str(missing))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"tierfs: {missing}: no such file"]
+
+
+def test_config_from_environment_variable_is_used(tmp_path: Path, cold: Path) -> None:
+    config = tmp_path / "env.toml"
+    config.write_text(base_config(tmp_path, cold) + "bogus = 1\n" + cold_table(cold))
+    env = {**os.environ, "TIERFS_CONFIG": str(config), "COLUMNS": "500"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tierfs", "config", "check"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"tierfs: {config}: bogus: unknown key"
+
+
+# -- good configs -----------------------------------------------------------------------------
+
+
+def full_config(tmp_path: Path, cold: Path) -> str:
+    other = tmp_path / "cold2"
+    other.mkdir(exist_ok=True)
+    return (
+        base_config(tmp_path, cold)
+        + 'log_level = "warning"\nallow_other = true\ndefault_permissions = false\n'
+        + cold_table(cold)
+        + cold_table(other, "second")
+        + f'[[tier]]\nname = "ram0"\npath = {toml_str(tmp_path / "ram0")}\nsize = "2G"\n'
+        + 'rank = 0\nkind = "ram"\nmount_tmpfs = false\n'
+        + f'[[tier]]\nname = "peer"\npath = {toml_str(tmp_path / "peer")}\nsize = "512MiB"\n'
+        + 'rank = 1\nkind = "remote"\n'
+        + '[policy]\npromote_on_open = false\nmin_size = "1M"\ncooldown_s = 10\n'
+        + "high_watermark = 0.9\nlow_watermark = 0.8\nmax_parallel_copies = 4\n"
+        + '[read]\nreadahead = "8M"\nprefetch_window = "32M"\nprefetch_chunk = "1M"\n'
+        + "io_threads = 4\n"
+    )
+
+
+def test_config_check_accepts_good_config(tmp_path: Path, cold: Path) -> None:
+    config = tmp_path / "tierfs.toml"
+    config.write_text(full_config(tmp_path, cold))
+    proc = tierfs_cli("config", "check", "-c", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "config OK: 2 cold store(s), 2 tier(s)" in proc.stdout
+
+
+def test_config_show_prints_toml_that_round_trips_through_check(tmp_path: Path, cold: Path) -> None:
+    config = tmp_path / "tierfs.toml"
+    config.write_text(full_config(tmp_path, cold))
+    shown = tierfs_cli("config", "show", "-c", str(config))
+    assert shown.returncode == 0, shown.stderr
+    data = tomllib.loads(shown.stdout)
+    # The effective values, units resolved, defaults included.
+    assert data["mountpoint"] == str(tmp_path / "mnt")
+    assert data["allow_other"] is True and data["default_permissions"] is False
+    assert [c["name"] for c in data["cold"]] == ["main", "second"]
+    assert data["cold"][0]["path"] == str(cold)
+    assert data["tier"][0]["size"] == 2 << 30 and data["tier"][1]["size"] == 512 << 20
+    assert data["tier"][1]["kind"] == "remote" and data["tier"][1]["mount_tmpfs"] is True
+    assert data["policy"]["min_size"] == 1 << 20
+    assert data["read"] == {
+        "readahead": 8 << 20,
+        "prefetch_window": 32 << 20,
+        "prefetch_chunk": 1 << 20,
+        "io_threads": 4,
+    }
+
+    again = tmp_path / "shown.toml"
+    again.write_text(shown.stdout)
+    check = tierfs_cli("config", "check", "-c", str(again))
+    assert check.returncode == 0, check.stderr
+    reshown = tierfs_cli("config", "show", "-c", str(again))
+    assert reshown.returncode == 0, reshown.stderr
+    assert tomllib.loads(reshown.stdout) == data
+
+
+def test_config_show_of_minimal_config_includes_defaults(tmp_path: Path, cold: Path) -> None:
+    config = tmp_path / "tierfs.toml"
+    config.write_text(cold_table(cold))
+    shown = tierfs_cli("config", "show", "-c", str(config))
+    assert shown.returncode == 0, shown.stderr
+    data = tomllib.loads(shown.stdout)
+    assert data["mountpoint"] == "/models"
+    assert data["log_level"] == "info"
+    assert data["default_permissions"] is True
+    assert data["read"]["readahead"] == 16 << 20
+    assert data.get("tier", []) == []
+
+
+# -- output that goes to a pipe ---------------------------------------------------------------
+
+
+def long_dir(tmp_path: Path) -> Path:
+    deep = tmp_path / "a-directory-with-a-rather-long-name" / "and-another-one-below-it"
+    deep.mkdir(parents=True)
+    return deep
+
+
+def test_config_error_is_one_line_even_when_output_is_piped(tmp_path: Path) -> None:
+    """Without a terminal, nothing may wrap the one-line error (80 columns is the default)."""
+    deep = long_dir(tmp_path)
+    cold = deep / "cold-store"
+    cold.mkdir()
+    config = deep / "tierfs.toml"
+    config.write_text(f"bogus = 1\n{cold_table(cold)}")
+    proc = tierfs_cli("config", "check", "-c", str(config), columns=None)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"tierfs: {config}: bogus: unknown key"]
+
+
+def test_config_show_with_long_paths_round_trips_when_output_is_piped(tmp_path: Path) -> None:
+    """``tierfs config show > file`` must give valid TOML whatever the length of the paths."""
+    deep = long_dir(tmp_path)
+    cold = deep / "cold-store-with-a-long-name-too"
+    cold.mkdir()
+    config = deep / "tierfs.toml"
+    config.write_text(
+        f"mountpoint = {toml_str(deep / 'mnt')}\nstate_dir = {toml_str(deep / 'state')}\n"
+        + cold_table(cold)
+    )
+    shown = tierfs_cli("config", "show", "-c", str(config), columns=None)
+    assert shown.returncode == 0, shown.stderr
+    data = tomllib.loads(shown.stdout)
+    assert data["cold"][0]["path"] == str(cold)
+    assert data["state_dir"] == str(deep / "state")
+
+
+def test_mount_refusal_is_one_line_when_output_is_piped(tmp_path: Path) -> None:
+    deep = long_dir(tmp_path)
+    cold = deep / "cold"
+    cold.mkdir()
+    config = deep / "tierfs.toml"
+    mountpoint = deep / "missing-mountpoint"
+    config.write_text(
+        f"mountpoint = {toml_str(mountpoint)}\nstate_dir = {toml_str(deep / 'state')}\n"
+        + cold_table(cold)
+    )
+    proc = tierfs_cli("mount", "--foreground", "-c", str(config), columns=None)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(mountpoint) in lines[0] and "does not exist" in lines[0]
+
+
+# -- status -----------------------------------------------------------------------------------
+
+BROKEN_OLLAMA = "ollama/manifests/registry.ollama.ai/library/broken/latest"
+MISSING_BLOB_OLLAMA = "ollama/manifests/registry.ollama.ai/library/lost/latest"
+BROKEN_HF_CONFIG = "hf/broken-model/config.json"
+MISSING_DIGEST = "sha256:" + "0" * 64
+
+
+@pytest.fixture(scope="module")
+def messy_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoStore]:
+    """The demo store plus three malformed units."""
+    root = tmp_path_factory.mktemp("messy") / "cold"
+    demo = build_demo_store(root)
+    broken = root / BROKEN_OLLAMA
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"schemaVersion": 2, "layers": [')
+    lost = root / MISSING_BLOB_OLLAMA
+    lost.parent.mkdir(parents=True)
+    lost.write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.ollama.image.model",
+                        "digest": MISSING_DIGEST,
+                        "size": 1234,
+                    }
+                ],
+            }
+        )
+    )
+    hf = root / BROKEN_HF_CONFIG
+    hf.parent.mkdir(parents=True)
+    hf.write_text('{"model_type": "llama",,}')
+    (hf.parent / "model.safetensors").write_bytes(b"\0" * 4096)
+    return root, demo
+
+
+def expected_models(root: Path, demo: DemoStore) -> dict[str, tuple[str, int, int]]:
+    """name -> (kind, size, number of files), computed from the disk on its own terms."""
+
+    def total(paths: list[Path]) -> tuple[int, int]:
+        unique = {p.resolve() for p in paths}
+        return sum(p.stat().st_size for p in unique), len(unique)
+
+    out: dict[str, tuple[str, int, int]] = {}
+    hf_files = [p for p in demo.hf_dir.rglob("*") if p.is_file()]
+    out["hf/tiny-llama"] = ("hf_dir", *total(hf_files))
+    snapshot = demo.hub_repo / "snapshots" / demo.hub_revision
+    out[f"tierfs-demo/tiny-llama@{demo.hub_revision[:12]}"] = (
+        "hf_hub",
+        *total(list(snapshot.iterdir())),
+    )
+    manifest = json.loads(demo.ollama_manifest.read_text())
+    blobs = [
+        demo.ollama_root / "blobs" / d["digest"].replace(":", "-")
+        for d in [*manifest["layers"], manifest["config"]]
+    ]
+    out["tiny-llama:latest"] = ("ollama", *total([demo.ollama_manifest, *blobs]))
+    out["gguf/tiny-llama.gguf"] = ("file", *total([demo.gguf_file]))
+    out["misc/embeddings.safetensors"] = ("file", *total([demo.embeddings_file]))
+    assert sorted(out) == sorted(demo.model_names)
+    return out
+
+
+def status_config(tmp_path: Path, root: Path) -> Path:
+    config = tmp_path / "tierfs.toml"
+    config.write_text(base_config(tmp_path, root) + cold_table(root, "messy"))
+    return config
+
+
+def test_status_json_lists_good_models_and_one_problem_per_malformed_unit(
+    tmp_path: Path, messy_store: tuple[Path, DemoStore]
+) -> None:
+    root, demo = messy_store
+    proc = tierfs_cli("status", "--json", "-c", str(status_config(tmp_path, root)))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)
+
+    got = {m["name"]: (m["kind"], m["size"], len(m["files"])) for m in data["models"]}
+    assert got == expected_models(root, demo)
+    for m in data["models"]:
+        for rel in m["files"]:
+            assert (root / rel).is_file(), rel
+
+    problems = {p["path"]: p["message"] for p in data["problems"]}
+    assert sorted(problems) == sorted([BROKEN_OLLAMA, MISSING_BLOB_OLLAMA, BROKEN_HF_CONFIG])
+    assert len(data["problems"]) == 3
+    assert "invalid JSON" in problems[BROKEN_OLLAMA]
+    assert MISSING_DIGEST in problems[MISSING_BLOB_OLLAMA]
+    assert "missing" in problems[MISSING_BLOB_OLLAMA]
+    assert "invalid JSON" in problems[BROKEN_HF_CONFIG]
+    assert data["conflicts"] == []
+
+
+def test_status_plain_output_mentions_models_and_problems(
+    tmp_path: Path, messy_store: tuple[Path, DemoStore]
+) -> None:
+    root, demo = messy_store
+    proc = tierfs_cli("status", "-c", str(status_config(tmp_path, root)))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for name in demo.model_names:
+        assert name in out, name
+    assert "Problems" in out
+    for path in (BROKEN_OLLAMA, MISSING_BLOB_OLLAMA, BROKEN_HF_CONFIG):
+        line = next((x for x in out.splitlines() if path in x), None)
+        assert line is not None, f"{path} not in:\n{out}"
+    assert out.count("invalid JSON") == 2
+    assert MISSING_DIGEST in out
+
+
+def test_status_over_empty_store_says_no_models(tmp_path: Path, cold: Path) -> None:
+    proc = tierfs_cli("status", "-c", str(status_config(tmp_path, cold)))
+    assert proc.returncode == 0, proc.stderr
+    assert "no models found" in proc.stdout
+    js = tierfs_cli("status", "--json", "-c", str(status_config(tmp_path, cold)))
+    assert json.loads(js.stdout) == {"models": [], "problems": [], "conflicts": []}
