@@ -207,7 +207,7 @@ def _print_report(data: dict[str, Any]) -> None:
             m["name"],
             m["kind"],
             format_size(m["size"]),
-            str(m["files"]),
+            str(len(m["files"])),
             m["state"],
             ",".join(m["tiers"]),
             pinned,

@@ -38,6 +38,8 @@ from tierfs.tiers import prepare_tier
 log = logging.getLogger(__name__)
 
 FSNAME = "tierfs"
+# Logged once the mount answers requests; `spawn_daemon` and the tests wait for it.
+SERVING = "serving"
 ACCESS_FLUSH_INTERVAL_S = 5.0
 
 
@@ -280,16 +282,27 @@ class Daemon:
             await nursery.start(self.mover.run)
             await nursery.start(serve_control, self.control, self.config.control_socket)
             nursery.start_soon(self._flush_access)
-            entry = mount_entry(self.config.mountpoint)
-            if entry is not None:
-                await trio.to_thread.run_sync(set_readahead, entry, self.config.read.readahead)
-            if self._on_ready is not None:
-                self._on_ready()
+            nursery.start_soon(self._after_init)
             try:
                 await pyfuse3.main()
             finally:
                 await self.placement.flush_access()
                 nursery.cancel_scope.cancel()
+
+    async def _after_init(self) -> None:
+        """Finish setting up once the kernel has completed the FUSE handshake.
+
+        The kernel resets the bdi readahead when it handles FUSE_INIT, which pyfuse3.main
+        answers; a statfs of the mount returns only after that.
+        """
+        mountpoint = self.config.mountpoint
+        await trio.to_thread.run_sync(os.statvfs, mountpoint)
+        entry = mount_entry(mountpoint)
+        if entry is not None:
+            await trio.to_thread.run_sync(set_readahead, entry, self.config.read.readahead)
+        log.info("%s %s", SERVING, mountpoint)
+        if self._on_ready is not None:
+            self._on_ready()
 
     async def _watch_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -318,6 +331,8 @@ def spawn_daemon(config_path: Path, config: Config, log_file: Path, timeout: flo
             in the message.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    start = log_file.stat().st_size if log_file.exists() else 0
+    ready = f"{SERVING} {config.mountpoint}".encode()
     with open(log_file, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "tierfs", "mount", "--foreground", "--config", str(config_path)],
@@ -328,8 +343,10 @@ def spawn_daemon(config_path: Path, config: Config, log_file: Path, timeout: flo
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if is_tierfs(mount_entry(config.mountpoint)):
-            return process.pid
+        with open(log_file, "rb") as f:
+            f.seek(start)
+            if ready in f.read():
+                return process.pid
         if process.poll() is not None:
             break
         time.sleep(0.05)

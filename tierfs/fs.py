@@ -85,11 +85,17 @@ class TierfsOperations(pyfuse3.Operations):
         return result
 
     async def _invalidate_changed(self) -> None:
+        # The kernel caches names and attributes for long; tell it what a rescan found.
+        for parent, name, inode in self.namespace.take_removed_entries():
+            pyfuse3.invalidate_entry_async(
+                parent, os.fsencode(name), deleted=inode, ignore_enoent=True
+            )
         for node in self.namespace.take_changed_files():
             self.readpath.forget_inode(node.inode)
             await self.placement.cold_changed(node)
             try:
-                pyfuse3.invalidate_inode(node.inode, attr_only=False)
+                # Off the trio thread: dropping pages may wait on a read it must answer.
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.inode, False)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     log.warning("invalidating %s failed: %s", node.relpath, exc)

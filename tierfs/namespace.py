@@ -136,6 +136,7 @@ class Namespace:
         self._next_inode = ROOT_INODE + 1
         self._conflicts: dict[str, Conflict] = {}
         self._changed: list[Node] = []
+        self._removed: list[tuple[int, str, int]] = []
         # Bumped whenever a directory's entries change, so model detection knows to rescan.
         self.generation = 0
         first = stores[0]
@@ -235,6 +236,12 @@ class Namespace:
         with self._lock:
             changed, self._changed = self._changed, []
         return changed
+
+    def take_removed_entries(self) -> list[tuple[int, str, int]]:
+        """(parent inode, name, inode) of entries that left their directory."""
+        with self._lock:
+            removed, self._removed = self._removed, []
+        return removed
 
     def stat_totals(self) -> tuple[int, int, int, int]:
         """(block size, total blocks, free blocks, files) summed over the stores."""
@@ -338,6 +345,9 @@ class Namespace:
         # A first scan adds nothing anyone has seen; only a change to a known listing counts.
         if directory.children is not None and set(directory.children) != set(children):
             self.generation += 1
+            for name, inode in directory.children.items():
+                if children.get(name) != inode:
+                    self._removed.append((directory.inode, name, inode))
         directory.children = children
         directory.stamp = tuple(stamp)
 

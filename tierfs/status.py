@@ -110,7 +110,7 @@ def build_report(
                 "kind": str(model.kind),
                 "root": model.root,
                 "size": model.size,
-                "files": len(model.files),
+                "files": list(model.files),
                 "state": model_state,
                 "tiers": sorted(tiers),
                 "hot_bytes": hot_bytes,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry
+from tierfs.daemon import SERVING, is_tierfs, lazy_unmount, mount_entry
 
 MOUNT_TIMEOUT_S = 30.0
 
@@ -46,12 +46,17 @@ def write_config(
     state_dir: Path,
     cold: list[tuple[str, Path]],
     extra: str = "",
+    top: str = "",
 ) -> Path:
-    """Write a tierfs TOML config for a test mount."""
+    """Write a tierfs TOML config for a test mount.
+
+    `top` holds top-level keys; `extra` is appended after the tables ([[tier]], [policy]).
+    """
     lines = [
         f"mountpoint = {_toml_value(mountpoint)}",
         f"state_dir = {_toml_value(state_dir)}",
         'log_level = "debug"',
+        top,
     ]
     for name, root in cold:
         lines += ["[[cold]]", f"name = {_toml_value(name)}", f"path = {_toml_value(root)}"]
@@ -73,6 +78,8 @@ class Mount:
     def start(self) -> Mount:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.extra_env}
+        start = self.log.stat().st_size if self.log.exists() else 0
+        ready = f"{SERVING} {self.mountpoint}"
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tierfs", "mount", "--foreground", "-c", str(self.config)],
@@ -83,7 +90,8 @@ class Mount:
             )
         deadline = time.monotonic() + MOUNT_TIMEOUT_S
         while time.monotonic() < deadline:
-            if is_tierfs(mount_entry(self.mountpoint)) and os.path.ismount(self.mountpoint):
+            # The daemon's own word, not the mount table: a stale mount is in the table too.
+            if ready in self.log_text()[start:] and is_tierfs(mount_entry(self.mountpoint)):
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"tierfs exited {self.process.returncode}:\n{self.log_text()}")
@@ -136,6 +144,7 @@ def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
         cold: list[tuple[str, Path]],
         *,
         extra: str = "",
+        top: str = "",
         name: str = "m",
         start: bool = True,
         env: dict[str, str] | None = None,
@@ -149,6 +158,7 @@ def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
             state_dir=base / "state",
             cold=cold,
             extra=extra,
+            top=top,
         )
         mount = Mount(
             config=config,

@@ -426,4 +426,7 @@ def test_status_over_empty_store_says_no_models(tmp_path: Path, cold: Path) -> N
     assert proc.returncode == 0, proc.stderr
     assert "no models found" in proc.stdout
     js = tierfs_cli("status", "--json", "-c", str(status_config(tmp_path, cold)))
-    assert json.loads(js.stdout) == {"models": [], "problems": [], "conflicts": []}
+    data = json.loads(js.stdout)
+    assert (data["models"], data["problems"], data["conflicts"]) == ([], [], [])
+    assert data["running"] is False
+    assert data["tiers"] == [] and data["jobs"] == []
