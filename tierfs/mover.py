@@ -390,10 +390,16 @@ class Mover:
         goes down to the low one.
         """
         used = (await self._db(self.catalog.tier_usage)).get(tier.name, 0)
-        if used + needed <= tier.capacity * self.policy.high_watermark:
+        # The catalog says what we claimed; statvfs says what the file system still has.
+        # A tier in a shared tmpfs (/dev/shm) may hold less than its configured size.
+        free = await trio.to_thread.run_sync(tier.free_bytes)
+        capacity = min(tier.capacity, used + free)
+        if capacity < tier.capacity:
+            log.info("tier %s: only %s free on its file system", tier.name, format_size(free))
+        if used + needed <= capacity * self.policy.high_watermark:
             return True
-        target = tier.capacity * self.policy.low_watermark
-        if needed > tier.capacity:
+        target = capacity * self.policy.low_watermark
+        if needed > capacity:
             return False
         pins = await self._db(self.catalog.pins)
         for victim in await self._eviction_order(tier, exclude={protect, *pins}):
@@ -409,7 +415,8 @@ class Mover:
                     protect,
                 )
                 used -= freed
-        return used + needed <= tier.capacity
+                capacity = min(tier.capacity, used + await trio.to_thread.run_sync(tier.free_bytes))
+        return used + needed <= capacity
 
     async def _eviction_order(self, tier: Tier, exclude: set[str]) -> list[Model]:
         """Models with bytes on `tier`, least recently used first."""
