@@ -110,15 +110,7 @@ class Placement:
         if self.record_of(node) is None:
             # First open of this file (or of its new identity): give it a catalog row,
             # so its accesses and, later, its hash have somewhere to go.
-            record = await trio.to_thread.run_sync(
-                self.catalog.sync_file,
-                node.store,
-                node.relpath,
-                node.attrs.size,
-                node.attrs.mtime_ns,
-                limiter=self._catalog_limiter,
-            )
-            self.set_record(record)
+            await self._sync_record(node)
         now = time.time()
         access = self._pending.setdefault(key, _Access())
         access.opens += 1
@@ -140,6 +132,11 @@ class Placement:
         """A cold file changed underneath: stop serving any copy of its old bytes."""
         key = (node.store, node.relpath)
         self.set_hot(key, None)
+        await self._sync_record(node)
+        if self.on_cold_changed is not None:
+            await self.on_cold_changed(*key)
+
+    async def _sync_record(self, node: Node) -> None:
         record = await trio.to_thread.run_sync(
             self.catalog.sync_file,
             node.store,
@@ -149,8 +146,6 @@ class Placement:
             limiter=self._catalog_limiter,
         )
         self.set_record(record)
-        if self.on_cold_changed is not None:
-            await self.on_cold_changed(*key)
 
     async def flush_access(self) -> None:
         """Write gathered access statistics to the catalog."""
