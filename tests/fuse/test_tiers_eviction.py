@@ -248,3 +248,22 @@ def test_reader_of_evicted_model_keeps_reading(
             reader.close()
     assert digests == [hashes[b], hashes[b]]
     assert tu.read_through(mount.mountpoint / b) == hashes[b]
+
+
+@pytest.mark.slow
+def test_hopeless_promotion_evicts_nothing(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path
+) -> None:
+    hashes = make_models(cold_store, {"a": 4 * MiB, "b": 4 * MiB, "c": 4 * MiB, "x": 9 * MiB})
+    a, b, c, x = (lone(n) for n in "abcx")
+    mount = small_tier(mount_factory, tier_guard, cold_store)
+    for model in (a, b):
+        tu.cli_ok(mount.config, "pin", model)
+    assert tu.promote_wait(mount.state_dir, c)["state"] == "done"
+    tu.wait_idle(mount.state_dir)
+    # 9 MiB fits the 16 MiB tier, but not next to the 8 MiB of pins even with c gone.
+    job = tu.promote_wait(mount.state_dir, x)
+    assert job["state"] == "failed" and "does not fit" in job["error"]
+    report = tu.status(mount.state_dir)
+    assert hot_set(report) == {a, b, c}, "c was evicted for a promotion that failed anyway"
+    assert tu.read_through(mount.mountpoint / x) == hashes[x]
