@@ -322,3 +322,11 @@ def tier_guard_fixture(tmp_path: Path) -> Iterator[Path]:
 
 
 tier_guard = pytest.fixture(tier_guard_fixture)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system `path` lies on (from findmnt)."""
+    result = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)], capture_output=True, text=True
+    )
+    return result.stdout.strip()
