@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def tiered(
     return mount_factory([("c", cold)], extra=extra, start=start)
 
 
-def one_line_error(result: object, *needles: str) -> str:
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
     """The single stderr line of a failed command, which names every needle."""
     assert result.returncode != 0, f"expected failure: {result.stdout} {result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
