@@ -223,6 +223,13 @@ class Config(_Strict):
                 raise ValueError(
                     f"mountpoint {str(self.mountpoint)!r} overlaps cold store {store.name!r}"
                 )
+        for tier in self.tier:
+            where = f"tier {tier.name!r} at {str(tier.path)!r}"
+            for store in self.cold:
+                if _is_within(tier.path, store.path) or _is_within(store.path, tier.path):
+                    raise ValueError(f"{where} overlaps cold store {store.name!r}")
+            if _is_within(tier.path, self.mountpoint) or _is_within(self.mountpoint, tier.path):
+                raise ValueError(f"{where} overlaps mountpoint {str(self.mountpoint)!r}")
         return self
 
     def tier_by_name(self, name: str) -> TierConfig | None:

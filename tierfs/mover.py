@@ -402,7 +402,10 @@ class Mover:
         if needed > capacity:
             return False
         pins = await self._db(self.catalog.pins)
-        for victim in await self._eviction_order(tier, exclude={protect, *pins}):
+        victims = await self._eviction_order(tier, exclude={protect, *pins})
+        if used - await self._reclaimable(tier, victims, pins) + needed > tier.capacity:
+            return False  # hopeless even with every victim gone: evict nothing for it
+        for victim in victims:
             if used + needed <= target:
                 break
             freed = await self._demote_files(victim, tier=tier, reason="evicted")
@@ -417,6 +420,27 @@ class Mover:
                 used -= freed
                 capacity = min(tier.capacity, used + await trio.to_thread.run_sync(tier.free_bytes))
         return used + needed <= capacity
+
+    async def _reclaimable(self, tier: Tier, victims: list[Model], pins: dict[str, Any]) -> int:
+        """Bytes that demoting every victim from `tier` would free (see `_demote_files`)."""
+        keep: set[str] = set()
+        for model in (await self.inventory()).models:
+            if model.name in pins:
+                keep.update(model.files)
+        counted: set[int] = set()
+        total = 0
+        for victim in victims:
+            for relpath in victim.files:
+                if relpath in keep:
+                    continue
+                record = await self._db(self.catalog.file_by_path, *self._key_of(relpath))
+                if record is None or record.id in counted:
+                    continue
+                counted.add(record.id)
+                for replica in await self._db(self.catalog.replicas, record.id):
+                    if replica.tier == tier.name and replica.state is not ReplicaState.COPYING:
+                        total += replica.size
+        return total
 
     async def _eviction_order(self, tier: Tier, exclude: set[str]) -> list[Model]:
         """Models with bytes on `tier`, least recently used first."""

@@ -122,7 +122,14 @@ def prepare_tier(config: TierConfig) -> Tier:
                 path=str(path),
                 errno=errno.EPERM,
             )
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TierError(
+                f"{where}: cannot create the directory: {exc.strerror}",
+                path=str(path),
+                errno=exc.errno or errno.EIO,
+            ) from None
         _mount_tmpfs(path, config.size, where)
     if not path.is_dir():
         raise TierError(f"{where}: no such directory", path=str(path), errno=errno.ENOENT)

@@ -1,0 +1,158 @@
+"""Mount-time tier problems: `tierfs mount` refuses with one clear line, mounts nothing.
+
+And the happy path: tierfs mounts its own tmpfs, of the configured size, where asked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fuse import tierutil as tu
+from tests.fuse.conftest import Mount, MountFactory
+
+MiB = tu.MiB
+tier_guard = tu.tier_guard
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def config_with(
+    mount_factory: MountFactory, cold: Path, path: Path, size: str, mount_tmpfs: bool | None
+) -> Mount:
+    (cold / "m").mkdir(exist_ok=True)
+    (cold / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+    extra = tu.tier_toml("ram0", path, size, mount_tmpfs=mount_tmpfs)
+    return mount_factory([("c", cold)], extra=extra, start=False)
+
+
+def refused(mount: Mount, root: Path, *needles: str) -> str:
+    """Run `tierfs mount`; it must fail with one `tierfs:` line naming every needle."""
+    before = tu.mounts_under(root)
+    try:
+        result = tu.cli(mount.config, "mount", "--foreground", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("tierfs mount did not refuse: it kept running (mounted?)")
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tierfs:")]
+    assert len(errors) == 1, f"expected one error line: {result.stderr!r}"
+    line = errors[0]
+    assert "'ram0'" in line, line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    # Nothing new is mounted: no FUSE mount, no tmpfs.
+    assert tu.mounts_under(root) == before
+    assert not tu.mounts_under(mount.mountpoint)
+    return line
+
+
+def test_missing_tier_path_without_mount_tmpfs(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    path = tier_guard / "nowhere"
+    mount = config_with(mount_factory, cold_store, path, "64M", mount_tmpfs=False)
+    refused(mount, tmp_path, str(path), "no such directory")
+    assert not path.exists(), "the refused mount created the tier directory"
+
+
+def test_tier_not_ram_backed(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "on-disk"
+    path.mkdir()
+    fstype = tu.filesystem_type(path)
+    assert fstype not in ("tmpfs", "ramfs"), f"{path} is on {fstype}: not a useful test"
+    mount = config_with(mount_factory, cold_store, path, "64M", mount_tmpfs=False)
+    refused(mount, tmp_path, str(path), "not RAM-backed", fstype)
+    assert list(path.iterdir()) == [], "the refused mount wrote into the tier directory"
+
+
+def test_tier_too_small(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    path = tier_guard / "small"
+    with tu.tmpfs_at(path, "8M"):
+        mount = config_with(mount_factory, cold_store, path, "64M", mount_tmpfs=None)
+        refused(mount, tmp_path, str(path), "too small", "8.0 MiB", "64.0 MiB")
+        # Same with mount_tmpfs = false: an existing mount is used, never replaced.
+        mount = config_with(mount_factory, cold_store, path, "64M", mount_tmpfs=False)
+        refused(mount, tmp_path, "too small")
+        assert [m[0] for m in tu.mounts_under(path)] == [str(path.resolve())]
+
+
+@pytest.mark.slow
+def test_tierfs_mounts_its_own_tmpfs(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    path = tier_guard / "deep" / "ram0"
+    mount = config_with(mount_factory, cold_store, path, "64M", mount_tmpfs=True)
+    mount.start()
+    found = tu.mounts_under(path)
+    assert len(found) == 1, found
+    point, fstype, options = found[0]
+    assert (point, fstype) == (str(path.resolve()), "tmpfs")
+    assert "size=65536k" in options.split(","), options
+    assert sorted(p.name for p in path.iterdir()) == [".tmp", "hot"]
+    report = tu.status(mount.state_dir)
+    row = tu.tier_row(report, "ram0")
+    assert (row["size"], row["used"], row["mounted"]) == (64 * MiB, 0, True)
+
+    # It is usable: a promotion lands on it.
+    model = "m/a.safetensors"
+    assert tu.promote_wait(mount.state_dir, model)["state"] == "done"
+    assert (path / "hot" / "c" / model).is_file()
+    # A restart finds the tmpfs already mounted and uses it, rather than stacking another.
+    assert mount.stop() == 0
+    mount.start()
+    assert len(tu.mounts_under(path)) == 1
+    assert tu.model_of(tu.status(mount.state_dir), model)["state"] == "hot"
+
+
+def test_tier_path_is_a_file(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    path = tier_guard / "a-file"
+    path.write_bytes(b"not a directory")
+    for mount_tmpfs in (True, False):
+        mount = config_with(mount_factory, cold_store, path, "64M", mount_tmpfs=mount_tmpfs)
+        refused(mount, tmp_path, str(path))
+    assert path.read_bytes() == b"not a directory"
+
+
+@pytest.mark.parametrize("where", ["inside-cold", "holds-cold", "inside-mountpoint"])
+def test_tier_overlapping_cold_store_or_mountpoint(
+    tier_guard: Path, mount_factory: MountFactory, tmp_path: Path, where: str
+) -> None:
+    # A tier inside a cold store would write into it (tierfs never does) and show its
+    # hot copies in the namespace; one holding a cold store would hide it under a
+    # tmpfs; one inside the mountpoint would be hidden by the mount itself.
+    cold = tmp_path / "outer" / "cold"
+    cold.mkdir(parents=True)
+    mountpoint = tmp_path / "tierfs-m" / "mnt"
+    path = {
+        "inside-cold": cold / "ram0",
+        "holds-cold": cold.parent,
+        "inside-mountpoint": mountpoint / "ram0",
+    }[where]
+    mount = config_with(mount_factory, cold, path, "64M", mount_tmpfs=True)
+    assert mount.mountpoint == mountpoint
+    existed = path.exists()
+    cold_before = sorted(p.name for p in cold.iterdir())
+    try:
+        result = tu.cli(mount.config, "mount", "--foreground", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a tier that overlaps ({where}) was mounted")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "'ram0'" in lines[0] and "overlaps" in lines[0], lines
+    assert not tu.mounts_under(tmp_path)
+    assert path.exists() == existed
+    assert sorted(p.name for p in cold.iterdir()) == cold_before
+    # `config check` says the same.
+    check = tu.cli(mount.config, "config", "check")
+    assert check.returncode == 2 and "overlaps" in check.stderr
