@@ -403,7 +403,7 @@ class Mover:
             return False
         pins = await self._db(self.catalog.pins)
         victims = await self._eviction_order(tier, exclude={protect, *pins})
-        if used - await self._reclaimable(tier, victims, pins) + needed > tier.capacity:
+        if used - await self._reclaimable(tier, victims, pins) + needed > capacity:
             return False  # hopeless even with every victim gone: evict nothing for it
         for victim in victims:
             if used + needed <= target:
