@@ -193,6 +193,11 @@ class TierfsOperations(pyfuse3.Operations):
             node = self.namespace.get(inode)
             if node.kind is not Kind.FILE:
                 raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+            # A cold file rewritten in place (or replaced while its name stays cached)
+            # leaves its directory's mtime alone, so no rescan sees it: re-stat it here,
+            # or its old hot copy and old size would keep being served.
+            await trio.to_thread.run_sync(self.namespace.refresh_file, node)
+            await self._invalidate_changed()
             backing = await self.placement.backing_for_open(node)
             handle = await self.readpath.open(inode, backing, node.attrs.size)
             # keep_cache: the presented bytes never change under an inode, so pages
