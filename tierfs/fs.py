@@ -94,6 +94,22 @@ class TierfsOperations(pyfuse3.Operations):
                 if exc.errno != errno.ENOENT:
                     log.warning("invalidating %s failed: %s", node.relpath, exc)
 
+    async def forget_cached(self, store: str, relpath: str) -> None:
+        """Drop the kernel's cached pages of a file whose backing copy was replaced."""
+        try:
+            node = await self._ns(self.namespace.resolve, relpath)
+        except TierfsError:
+            return
+        if node.kind is not Kind.FILE or node.store != store:
+            return
+        self.readpath.forget_inode(node.inode)
+        try:
+            # Off the trio thread: the kernel may wait on pages whose reads it answers.
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.inode, False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("invalidating %s failed: %s", node.relpath, exc)
+
     def entry_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = node.attrs
         entry = pyfuse3.EntryAttributes()
