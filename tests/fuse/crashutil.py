@@ -21,6 +21,7 @@ from pathlib import Path
 import xxhash
 
 from tests.fuse.conftest import Mount
+from tierfs.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -100,8 +101,27 @@ def status_json(config: Path) -> dict[str, object]:
     return dict(json.loads(cli_ok(config, "status", "--json")))
 
 
-def model_state(config: Path, name: str) -> dict[str, object]:
-    models = status_json(config)["models"]
+def control(mount: Mount) -> ControlClient:
+    """A client of the running daemon's control socket (cheaper than a CLI process)."""
+    return ControlClient(mount.state_dir / "control.sock", timeout=60)
+
+
+def promote_wait(mount: Mount, model: str, tier: str | None = None, timeout: float = 60) -> dict:
+    """Promote through the control API and wait for the job to end; returns the job."""
+    with control(mount) as client:
+        job = client.promote(model, tier)
+        deadline = time.monotonic() + timeout
+        while job["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, f"promotion of {model} hangs: {job}"
+            time.sleep(0.05)
+            job = client.job(job["id"])
+    assert job["state"] == "done", job
+    return job
+
+
+def model_state(mount: Mount, name: str) -> dict[str, object]:
+    with control(mount) as client:
+        models = client.status()["models"]
     assert isinstance(models, list)
     found = [m for m in models if m["name"] == name]
     assert found, f"{name} not in status: {[m['name'] for m in models]}"

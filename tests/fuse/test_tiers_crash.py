@@ -27,8 +27,10 @@ from tests.fuse.crashutil import (
     assert_serves_cold_bytes,
     build_hf_model,
     cli_ok,
+    control,
     files_under,
     model_state,
+    promote_wait,
     read_catalog,
     restart,
     tier_toml,
@@ -67,10 +69,15 @@ def _after_remount(mount: Mount, cold: Path, hashes: dict[str, str], tier: Path)
     assert_fsck_clean(mount.config)
 
 
-def _promote_and_check_hot(mount: Mount, cold: Path, hashes: dict[str, str], tier: Path) -> None:
-    out = cli_ok(mount.config, "promote", "--wait", HF_MODEL)
-    assert f"{HF_MODEL} is hot on {TIER}" in out
-    assert model_state(mount.config, HF_MODEL)["state"] == "hot"
+def _promote_and_check_hot(
+    mount: Mount, cold: Path, hashes: dict[str, str], tier: Path, *, cli: bool
+) -> None:
+    if cli:
+        out = cli_ok(mount.config, "promote", "--wait", HF_MODEL)
+        assert f"{HF_MODEL} is hot on {TIER}" in out
+    else:
+        promote_wait(mount, HF_MODEL)
+    assert model_state(mount, HF_MODEL)["state"] == "hot"
     served = assert_serves_cold_bytes(mount, cold, hashes, tier)
     assert set(served.values()) == {TIER}, served
     hot = assert_catalog_consistent(mount.state_dir, tier)
@@ -80,7 +87,8 @@ def _promote_and_check_hot(mount: Mount, cold: Path, hashes: dict[str, str], tie
 @pytest.mark.parametrize("point", ["copy_written", "copy_verified", "copy_renamed"])
 def test_kill_during_promotion_then_remount(point: str, rig: Rig, cold_store: Path) -> None:
     mount, hashes, tier = rig(env={"TIERFS_FAULT_PAUSE": point})
-    cli_ok(mount.config, "promote", HF_MODEL)
+    with control(mount) as client:
+        client.promote(HF_MODEL, None)
     wait_for_log(mount, f"fault point {point} reached")
 
     # The crash really hits mid-copy: claims in the catalog, bytes on the tier.
@@ -101,12 +109,12 @@ def test_kill_during_promotion_then_remount(point: str, rig: Rig, cold_store: Pa
     assert not files_under(tier / ".tmp")
     assert not files_under(tier / "hot")
     # Not hot (nor partially hot) until promoted again: every file is served from cold.
-    assert model_state(mount.config, HF_MODEL)["state"] == "cold"
+    assert model_state(mount, HF_MODEL)["state"] == "cold"
     served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
     assert set(served.values()) == {"cold"}, served
     _after_remount(mount, cold_store, hashes, tier)
 
-    _promote_and_check_hot(mount, cold_store, hashes, tier)
+    _promote_and_check_hot(mount, cold_store, hashes, tier, cli=True)
     assert_fsck_clean(mount.config)
     assert mount.stop() == 0
     assert_fsck_clean(mount.config)
@@ -115,7 +123,7 @@ def test_kill_during_promotion_then_remount(point: str, rig: Rig, cold_store: Pa
 
 def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
     mount, hashes, tier = rig(env={"TIERFS_FAULT_PAUSE": "evict_marked"})
-    _promote_and_check_hot(mount, cold_store, hashes, tier)
+    _promote_and_check_hot(mount, cold_store, hashes, tier, cli=False)
 
     demote = subprocess.Popen(
         [sys.executable, "-m", "tierfs", "demote", HF_MODEL, "-c", str(mount.config)],
@@ -152,11 +160,12 @@ def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
     assert sorted(r for r, t in served.items() if t == TIER) == sorted(
         r for r in hashes if r != victim_rel
     )
-    assert model_state(mount.config, HF_MODEL)["state"] == "partial"
+    assert model_state(mount, HF_MODEL)["state"] == "partial"
     _after_remount(mount, cold_store, hashes, tier)
 
     # A demotion after recovery finishes the job.
-    cli_ok(mount.config, "demote", HF_MODEL)
+    with control(mount) as client:
+        client.demote(HF_MODEL)
     served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
     assert set(served.values()) == {"cold"}, served
     assert not files_under(tier / "hot")
