@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.fuse.crashutil import (
     HF_MODEL,
     ROOT,
     TIER,
+    MiB,
     TierDirs,
     assert_catalog_consistent,
     assert_fsck_clean,
@@ -173,3 +175,39 @@ def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
     assert_fsck_clean(mount.config)
     _, replicas = read_catalog(mount.state_dir)
     assert replicas == []
+
+
+def test_a_failing_copy_fails_its_job_not_the_daemon(
+    tiers: TierDirs, mount_factory: MountFactory, cold_store: Path
+) -> None:
+    """A copy that hits ENOSPC (the tmpfs holds more than the catalog knows of, e.g.
+    evicted copies that readers still hold open) fails its promotion cleanly."""
+    hashes = build_hf_model(cold_store)
+    tier = tiers.new()
+    mount = mount_factory([("cold", cold_store)], extra=tier_toml(tier, size="8M"))
+    # Room for one shard but not both; fsck does not look outside hot/ and .tmp/.
+    filler = tier / "filler"
+    filler.write_bytes(b"\0" * (4 * MiB + 512 * 1024))
+
+    with control(mount) as client:
+        job = client.promote(HF_MODEL, None)
+        deadline = time.monotonic() + 30
+        while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = client.job(job["id"])
+    assert mount.process is not None and mount.process.poll() is None, mount.log_text()
+    assert job["state"] == "failed", job
+    assert "No space left on device" in job["error"], job
+    # The files that did fit are hot, the one that did not is cold: no claim leaked.
+    replicas = assert_catalog_consistent(mount.state_dir, tier)
+    assert 0 < len(replicas) < len(hashes)
+    served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
+    assert "cold" in served.values()
+    assert model_state(mount, HF_MODEL)["state"] == "partial"
+    assert_fsck_clean(mount.config)
+
+    filler.unlink()
+    promote_wait(mount, HF_MODEL)
+    served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
+    assert set(served.values()) == {TIER}, served
+    assert len(assert_catalog_consistent(mount.state_dir, tier)) == len(hashes)
