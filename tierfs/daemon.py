@@ -419,8 +419,10 @@ class DaemonControl:
             if r.state.value == "copying"
         )
         token = trio.lowlevel.current_trio_token()
+        withdrawn: list[tuple[str, str]] = []
 
         def withdraw(store: str, relpath: str) -> None:
+            withdrawn.append((store, relpath))
             trio.from_thread.run_sync(d.placement.set_hot, (store, relpath), None, trio_token=token)
 
         async with self._fsck_lock:
@@ -439,6 +441,10 @@ class DaemonControl:
             )
             # Copies replaced or removed by the check are re-read from the catalog.
             await d.placement.load()
+            # Pages read from a withdrawn copy (a corrupt one, say) stay in the kernel's
+            # cache, and keep_cache serves them to every later open: drop them.
+            for store, relpath in withdrawn:
+                await d.operations.forget_cached(store, relpath)
         return report.to_json()
 
     def metrics(self) -> dict[str, Any]:

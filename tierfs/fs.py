@@ -100,6 +100,22 @@ class TierfsOperations(pyfuse3.Operations):
                 if exc.errno != errno.ENOENT:
                     log.warning("invalidating %s failed: %s", node.relpath, exc)
 
+    async def forget_cached(self, store: str, relpath: str) -> None:
+        """Drop the kernel's cached pages of a file whose backing copy was replaced."""
+        try:
+            node = await self._ns(self.namespace.resolve, relpath)
+        except TierfsError:
+            return
+        if node.kind is not Kind.FILE or node.store != store:
+            return
+        self.readpath.forget_inode(node.inode)
+        try:
+            # Off the trio thread: the kernel may wait on pages whose reads it answers.
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.inode, False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("invalidating %s failed: %s", node.relpath, exc)
+
     def entry_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = node.attrs
         entry = pyfuse3.EntryAttributes()
@@ -199,6 +215,11 @@ class TierfsOperations(pyfuse3.Operations):
             node = self.namespace.get(inode)
             if node.kind is not Kind.FILE:
                 raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+            # A cold file rewritten in place (or replaced while its name stays cached)
+            # leaves its directory's mtime alone, so no rescan sees it: re-stat it here,
+            # or its old hot copy and old size would keep being served.
+            await trio.to_thread.run_sync(self.namespace.refresh_file, node)
+            await self._invalidate_changed()
             backing = await self.placement.backing_for_open(node)
             handle = await self.readpath.open(inode, backing, node.attrs.size)
             # keep_cache: the presented bytes never change under an inode, so pages

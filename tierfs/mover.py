@@ -298,6 +298,8 @@ class Mover:
                     copies.start_soon(self._copy_one, job, f, chosen)
             if job.cancel.is_set():
                 job.state = JobState.CANCELLED
+            elif job.error is not None:
+                job.state = JobState.FAILED
             else:
                 job.state = JobState.DONE
                 log.info("%s is hot on %s", model.name, chosen.name)
@@ -337,7 +339,12 @@ class Mover:
                     return
                 if isinstance(exc, OSError):
                     exc = CopyError(f"copy of {f.node.source} failed: {exc}", path=str(final))
-                raise exc from None
+                # Not raised: trio would wrap it in an ExceptionGroup that no handler
+                # above matches (killing the daemon), and would cancel the sibling copies
+                # between their rename and their catalog update, leaking their claims.
+                job.error = job.error or str(exc)
+                log.error("promotion of %s failed: %s", job.model, exc)
+                return
         await trio.to_thread.run_sync(pause_point, "copy_renamed")
         accepted = await self._db(
             self.catalog.finish_copy,
