@@ -215,8 +215,9 @@ class Daemon:
         self._on_ready = on_ready
         config.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
-        self.tiers = [prepare_tier(t) for t in config.tier]
+        # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
         self.catalog = Catalog(config.catalog_path)
+        self.tiers = [prepare_tier(t) for t in config.tier]
         self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         self.placement = Placement(self.catalog)
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)

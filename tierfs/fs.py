@@ -91,14 +91,8 @@ class TierfsOperations(pyfuse3.Operations):
                 parent, os.fsencode(name), deleted=inode, ignore_enoent=True
             )
         for node in self.namespace.take_changed_files():
-            self.readpath.forget_inode(node.inode)
             await self.placement.cold_changed(node)
-            try:
-                # Off the trio thread: dropping pages may wait on a read it must answer.
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.inode, False)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("invalidating %s failed: %s", node.relpath, exc)
+            await self._drop_kernel_cache(node)
 
     async def forget_cached(self, store: str, relpath: str) -> None:
         """Drop the kernel's cached pages of a file whose backing copy was replaced."""
@@ -108,9 +102,13 @@ class TierfsOperations(pyfuse3.Operations):
             return
         if node.kind is not Kind.FILE or node.store != store:
             return
+        await self._drop_kernel_cache(node)
+
+    async def _drop_kernel_cache(self, node: Node) -> None:
+        """Make the kernel forget a file's cached pages and attributes."""
         self.readpath.forget_inode(node.inode)
         try:
-            # Off the trio thread: the kernel may wait on pages whose reads it answers.
+            # Off the trio thread: dropping pages may wait on a read it must answer.
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.inode, False)
         except OSError as exc:
             if exc.errno != errno.ENOENT:

@@ -310,6 +310,10 @@ class Mover:
             job.error = str(exc)
             if not isinstance(exc, TierError):
                 log.error("promotion of %s failed: %s", model.name, exc)
+        except Exception as exc:  # a job must never take the mount down
+            job.state = JobState.FAILED
+            job.error = f"internal error: {exc!r}"
+            log.exception("promotion of %s failed unexpectedly", model.name)
         finally:
             job.finished = time.time()
             self._active.pop(model.name, None)
