@@ -73,7 +73,13 @@ def test_status_shape(api_mount: Mount, http: httpx.Client) -> None:
     assert tier["size"] == 64 << 20 and tier["used"] == 0 and tier["free"] == tier["size"]
     (model,) = data["models"]
     assert model["name"] == HF_MODEL and model["kind"] == "hf_dir"
-    assert model["state"] == "cold" and model["files"] == 4 and model["tiers"] == []
+    assert model["state"] == "cold" and model["tiers"] == []
+    assert model["files"] == [
+        f"{HF_MODEL}/config.json",
+        f"{HF_MODEL}/model-00001-of-00002.safetensors",
+        f"{HF_MODEL}/model-00002-of-00002.safetensors",
+        f"{HF_MODEL}/tokenizer.json",
+    ]
     assert model["hot_bytes"] == 0 and model["pinned"] is False
     assert model["size"] > 5 << 20
     assert data["jobs"] == [] and data["conflicts"] == [] and data["problems"] == []
