@@ -153,6 +153,8 @@ def _copy_and_hash(
             )
         dst = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            if pause_hook:
+                pause_hook("copy_started")
             # No fallocate up front: on tmpfs it would allocate and zero every page in
             # one thread before the first read; the workers' writes do it in parallel,
             # overlapped with the reads.

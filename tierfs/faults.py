@@ -1,5 +1,10 @@
 """Named pause points, so tests can kill the daemon at exact moments.
 
+Points: ``copy_started`` (temp file created, nothing written), ``copy_written`` (temp
+written and verified), ``copy_verified`` (made read-only, not yet renamed),
+``copy_renamed`` (renamed, not yet hot in the catalog), ``evict_marked`` (catalog says
+evicting, file not yet removed).
+
 Set ``TIERFS_FAULT_PAUSE=copy_written,evict_marked`` and the daemon logs
 ``fault point <name> reached`` and stops there (for ``TIERFS_FAULT_PAUSE_S`` seconds,
 default an hour). A test waits for the line, then sends SIGKILL. Unset, each point costs

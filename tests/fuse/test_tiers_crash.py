@@ -180,18 +180,23 @@ def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
 def test_a_failing_copy_fails_its_job_not_the_daemon(
     tiers: TierDirs, mount_factory: MountFactory, cold_store: Path
 ) -> None:
-    """A copy that hits ENOSPC (the tmpfs holds more than the catalog knows of, e.g.
+    """A copy that hits ENOSPC (the tmpfs fills up after the space was checked, e.g. with
     evicted copies that readers still hold open) fails its promotion cleanly."""
     hashes = build_hf_model(cold_store)
     tier = tiers.new()
-    mount = mount_factory([("cold", cold_store)], extra=tier_toml(tier, size="8M"))
-    # Room for one shard but not both; fsck does not look outside hot/ and .tmp/.
-    filler = tier / "filler"
-    filler.write_bytes(b"\0" * (4 * MiB + 512 * 1024))
-
+    mount = mount_factory(
+        [("cold", cold_store)],
+        extra=tier_toml(tier, size="8M"),
+        env={"TIERFS_FAULT_PAUSE": "copy_started", "TIERFS_FAULT_PAUSE_S": "3"},
+    )
     with control(mount) as client:
         job = client.promote(HF_MODEL, None)
-        deadline = time.monotonic() + 30
+        # The space was checked and the copies have begun: now fill the tmpfs behind
+        # tierfs's back, leaving room for one shard but not both.
+        wait_for_log(mount, "fault point copy_started reached")
+        filler = tier / "filler"
+        filler.write_bytes(b"\0" * (4 * MiB + 512 * 1024))
+        deadline = time.monotonic() + 60
         while job["state"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(0.05)
             job = client.job(job["id"])
