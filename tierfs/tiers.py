@@ -130,7 +130,7 @@ def prepare_tier(config: TierConfig) -> Tier:
                 path=str(path),
                 errno=exc.errno or errno.EIO,
             ) from None
-        _mount_tmpfs(path, config.size, where)
+        _mount_tmpfs(path, config.size, where, huge=config.huge_pages)
     if not path.is_dir():
         raise TierError(f"{where}: no such directory", path=str(path), errno=errno.ENOENT)
     fs = filesystem_of(path)
@@ -163,9 +163,10 @@ def unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def _mount_tmpfs(path: Path, size: int, where: str) -> None:
+def _mount_tmpfs(path: Path, size: int, where: str, *, huge: bool) -> None:
+    options = f"size={size},mode=0700" + (",huge=within_size" if huge else "")
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tierfs-tier", str(path)],
+        ["mount", "-t", "tmpfs", "-o", options, "tierfs-tier", str(path)],
         capture_output=True,
         text=True,
     )
