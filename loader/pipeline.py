@@ -417,18 +417,21 @@ class Pipeline:
             self._drain()
 
     def _drain(self) -> None:
-        for f in self._futs.values():
-            f.cancel()
-        for f in self._futs.values():
-            if not f.cancelled():
+        cancelled = {ri for ri, f in self._futs.items() if f.cancel()}
+        for ri, f in self._futs.items():
+            if ri not in cancelled:
                 try:
                     f.result()
                 except Exception as e:  # already reported, or the load was abandoned
                     log.debug("abandoned read failed: %s", e)
         self._futs.clear()
         for ri, (buf, _) in list(self._bufs.items()):
-            if self.plan.requests[ri].own < 0:
-                self.pool.release(buf)
+            if self.plan.requests[ri].own >= 0:
+                continue
+            # A reader that ran has already handed its staging buffer back itself.
+            if self._scatter_in_worker and ri not in cancelled:
+                continue
+            self.pool.release(buf)
         self._bufs.clear()
         for fut in self._dev_futs.values():
             try:
