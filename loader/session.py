@@ -356,9 +356,8 @@ class SafeOpen:
         for fi, f in enumerate(self.files):
             sel = None
             if select is not None:
-                if self._index[select][0] != fi:
-                    continue
-                sel = frozenset([select])
+                # Keep every file in the plan so request file indices match self.files.
+                sel = frozenset([select]) if self._index[select][0] == fi else frozenset()
             bk = get_backend(f.backend)
             if bk.device_direct:
                 mode = "device"

@@ -258,3 +258,13 @@ def test_early_exit_releases_cleanly(tmp_path: Path) -> None:
                 break
         got = dict(f.tensors())
     assert {k: digest(v) for k, v in got.items()} == _expected(tensors)
+
+
+def test_get_tensor_from_every_shard(sharded: tuple[Path, dict[str, object]]) -> None:
+    d, expected = sharded
+    for backend in BACKENDS:
+        with loader.safe_open(d, backend=backend, **SMALL) as f:
+            for name in ("s0.w4", "s1.w999", "s2.w0", "s2.w3"):
+                assert digest(f.get_tensor(name)) == expected[name]
+            with pytest.raises(KeyError):
+                f.get_tensor("missing")
