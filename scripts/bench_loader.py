@@ -91,9 +91,13 @@ def _preimport(method: str) -> None:
     import torch  # noqa: F401
 
     sys.path.insert(0, str(REPO))
-    mods = {"loader": "loader", "safetensors": "safetensors.torch",
-            "fastsafetensors": "fastsafetensors", "runai": "runai_model_streamer",
-            "tensorizer": "tensorizer"}
+    mods = {
+        "loader": "loader",
+        "safetensors": "safetensors.torch",
+        "fastsafetensors": "fastsafetensors",
+        "runai": "runai_model_streamer",
+        "tensorizer": "tensorizer",
+    }
     importlib.import_module(mods[method.split(":")[0]])
 
 
@@ -126,9 +130,20 @@ def fio_bound(paths: list[str], drop: bool) -> float:
         if drop:
             drop_caches()
         r = subprocess.run(
-            ["fio", "--name=bound", f"--filename={p}", "--rw=read", "--bs=4M", "--direct=1",
-             "--ioengine=io_uring", "--iodepth=16", "--output-format=json"],
-            capture_output=True, text=True, check=True,
+            [
+                "fio",
+                "--name=bound",
+                f"--filename={p}",
+                "--rw=read",
+                "--bs=4M",
+                "--direct=1",
+                "--ioengine=io_uring",
+                "--iodepth=16",
+                "--output-format=json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         job = json.loads(r.stdout)["jobs"][0]["read"]
         total_b += job["io_bytes"]
@@ -189,8 +204,11 @@ def machine() -> dict[str, str]:
     except OSError:
         mem = "?"
     return {
-        "cpu": cpu, "cores": str(os.cpu_count()), "mem_gib": f"{int(mem) / 2**20:.1f}",
-        "kernel": platform.release(), "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "mem_gib": f"{int(mem) / 2**20:.1f}",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -211,8 +229,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--disk-dir", default="/var/tmp/loader-bench")
     ap.add_argument("--tmpfs-dir", default="/dev/shm/loader-bench")
-    ap.add_argument("--methods", default=",".join(METHODS),
-                    help="comma list; 'loader:direct' etc. pin a backend")
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma list; 'loader:direct' etc. pin a backend",
+    )
     ap.add_argument("--scenarios", default="disk-cold,disk-warm,tmpfs")
     ap.add_argument("--no-drop", action="store_true", help="never drop the page cache")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -240,8 +261,13 @@ def main() -> None:
             shutil.copy(tdisk, tshm)
     total = sum(os.path.getsize(p) for p in disk_paths)
 
-    results: dict[str, Any] = {"machine": machine(), "bytes": total, "files": len(disk_paths),
-                               "cold_dropped": drop, "runs": {}}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "bytes": total,
+        "files": len(disk_paths),
+        "cold_dropped": drop,
+        "runs": {},
+    }
     log.info("fio bound...")
     bound = statistics.median(fio_bound(disk_paths, drop) for _ in range(args.repeat))
     results["fio_bound_gbps"] = bound
@@ -283,10 +309,14 @@ def main() -> None:
 
 def print_table(results: dict[str, Any], scenarios: list[str], methods: list[str]) -> None:
     m = results["machine"]
-    print(f"\n{m['date']}; {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, "
-          f"Linux {m['kernel']}; {results['bytes'] / 1e9:.2f} GB in {results['files']} files")
-    print(f"fio O_DIRECT bound: {results['fio_bound_gbps']:.2f} GB/s"
-          + ("" if results["cold_dropped"] else "  (page cache NOT dropped: cold is not cold)"))
+    print(
+        f"\n{m['date']}; {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, "
+        f"Linux {m['kernel']}; {results['bytes'] / 1e9:.2f} GB in {results['files']} files"
+    )
+    print(
+        f"fio O_DIRECT bound: {results['fio_bound_gbps']:.2f} GB/s"
+        + ("" if results["cold_dropped"] else "  (page cache NOT dropped: cold is not cold)")
+    )
     print("\n| method | " + " | ".join(scenarios) + " |")
     print("|---|" + "---|" * len(scenarios))
     for meth in methods:
