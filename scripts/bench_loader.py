@@ -38,8 +38,6 @@ METHODS = ["loader", "safetensors", "fastsafetensors", "runai", "tensorizer"]
 # --------------------------------------------------------------------------- one measurement
 def _load(method: str, paths: list[str], tfile: str | None) -> int:
     """Load everything into CPU memory with ``method``; returns the bytes loaded."""
-    import torch
-
     n = 0
     if method.startswith("loader"):
         sys.path.insert(0, str(REPO))
@@ -61,7 +59,7 @@ def _load(method: str, paths: list[str], tfile: str | None) -> int:
         from fastsafetensors import fastsafe_open
 
         with fastsafe_open(paths, nogds=True, device="cpu") as f:
-            keep = {k: f.get_tensor(k) for k in f.keys()}
+            keep = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
         n = sum(t.numel() * t.element_size() for t in keep.values())
     elif method == "runai":
         from runai_model_streamer import SafetensorsStreamer
