@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import logging
 import mmap
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 PAGE = 4096
 _HUGE = 2 << 20
 _MADV_POPULATE_WRITE = 23
+# Huge pages halve the cost of first touch here; LOADER_HUGE=0 turns them off for comparison.
+_USE_HUGE = os.environ.get("LOADER_HUGE", "1") == "1"
 
 
 class HostBuffer:
@@ -49,7 +52,7 @@ class HostBuffer:
             self._keep = raw
         else:
             mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            if size >= _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
+            if size >= _HUGE and _USE_HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
                 with contextlib.suppress(OSError):
                     mm.madvise(mmap.MADV_HUGEPAGE)
             self.mv = memoryview(mm)
