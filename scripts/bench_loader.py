@@ -121,8 +121,8 @@ def run_child(method: str, paths: list[str], tfile: str | None, timeout: int) ->
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
-def fio_bound(paths: list[str], drop: bool) -> float:
-    """fio O_DIRECT sequential read (io_uring, 4 MiB, qd16) over the shards, in GB/s."""
+def fio_bound(paths: list[str], drop: bool, bs: str = "4M", depth: int = 16) -> float:
+    """fio O_DIRECT sequential read (io_uring) over the shards, in GB/s."""
     total_b, total_s = 0, 0.0
     for p in paths:
         if drop:
@@ -133,10 +133,10 @@ def fio_bound(paths: list[str], drop: bool) -> float:
                 "--name=bound",
                 f"--filename={p}",
                 "--rw=read",
-                "--bs=4M",
+                f"--bs={bs}",
                 "--direct=1",
                 "--ioengine=io_uring",
-                "--iodepth=16",
+                f"--iodepth={depth}",
                 "--output-format=json",
             ],
             capture_output=True,
