@@ -318,7 +318,8 @@ def print_table(results: dict[str, Any], scenarios: list[str], methods: list[str
         f"Linux {m['kernel']}; {results['bytes'] / 1e9:.2f} GB in {results['files']} files"
     )
     print(
-        f"fio O_DIRECT bound: {results['fio_bound_gbps']:.2f} GB/s"
+        f"fio O_DIRECT bound: {results['fio_bound_gbps']:.2f} GB/s (4M qd16 "
+        f"{results['fio_4m_qd16_gbps']:.2f}, 16M qd16 {results['fio_16m_qd16_gbps']:.2f})"
         + ("" if results["cold_dropped"] else "  (page cache NOT dropped: cold is not cold)")
     )
     print("\n| method | " + " | ".join(scenarios) + " |")
