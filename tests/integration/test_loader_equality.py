@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save_file
 
@@ -94,7 +96,7 @@ def sharded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, o
     weight_map = {}
     for s in range(3):
         shard = {}
-        for i in range(1000 if s == 1 else 5):  # shard 2 holds thousands of tiny tensors
+        for i in range(3000 if s == 1 else 5):  # shard 2 holds thousands of tiny tensors
             shape = (3,) if s == 1 else (64 + i, 1000)
             shard[f"s{s}.w{i}"] = random_tensor(torch.bfloat16, shape, g)
         fname = f"model-{s + 1:05d}-of-00003.safetensors"
@@ -264,7 +266,57 @@ def test_get_tensor_from_every_shard(sharded: tuple[Path, dict[str, object]]) ->
     d, expected = sharded
     for backend in BACKENDS:
         with loader.safe_open(d, backend=backend, **SMALL) as f:
-            for name in ("s0.w4", "s1.w999", "s2.w0", "s2.w3"):
+            for name in ("s0.w4", "s1.w2999", "s2.w0", "s2.w3"):
                 assert digest(f.get_tensor(name)) == expected[name]
             with pytest.raises(KeyError):
                 f.get_tensor("missing")
+
+
+def test_staging_memory_is_bounded(sharded: tuple[Path, dict[str, object]]) -> None:
+    d, expected = sharded
+    with loader.safe_open(
+        d, backend="buffered", chunk_size="64K", threads=2, staging_size="512K"
+    ) as f:
+        got = {k: digest(v) for k, v in f.tensors()}
+        assert f._pool is not None
+        assert f._pool.peak <= 512 * 1024
+    assert got == expected
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    layout=st.lists(
+        st.tuples(
+            st.sampled_from(all_dtypes()), st.lists(st.integers(0, 70), min_size=0, max_size=3)
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    backend=st.sampled_from(["direct", "buffered", "mmap"]),
+    copy=st.booleans(),
+    pages=st.integers(16, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_random_layouts_round_trip(
+    tmp_path: Path,
+    layout: list[tuple[torch.dtype, list[int]]],
+    backend: str,
+    copy: bool,
+    pages: int,
+    seed: int,
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    tensors = [
+        (f"t{i}", random_tensor(dt, tuple(shape), g)) for i, (dt, shape) in enumerate(layout)
+    ]
+    p = tmp_path / f"r{seed}.safetensors"
+    write_raw(p, tensors, pad_header=bool(seed % 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with loader.safe_open(
+            p, backend=backend, copy=copy, chunk_size=pages * 4096, threads=2
+        ) as f:
+            got = {k: digest(v) for k, v in f.tensors()}
+    assert got == _expected(tensors)
