@@ -279,11 +279,11 @@ class SafeOpen:
         chunks, thread_wants = [], []
         for f in self.files:
             if f.backend == "mmap":
-                c, th = 8 * MiB, max(4, 2 * ncpu)
+                c, th = 8 * MiB, min(16, max(4, 2 * ncpu))
             elif f.backend == "buffered":
                 hybrid = getattr(f.bf, "direct", None) is not None
                 # ncpu threads copy from the page cache; with O_DIRECT, more read around it.
-                c, th = 8 * MiB, (ncpu + 4) if hybrid else max(4, 2 * ncpu)
+                c, th = 8 * MiB, (min(ncpu, 8) + 4) if hybrid else min(16, max(4, 2 * ncpu))
             else:
                 prof = tierfs.storage_profile(f.rf.read_path, f.rf.fs)
                 if prof.rotational:

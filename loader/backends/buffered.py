@@ -67,4 +67,4 @@ class BufferedBackend(Backend):
 
             with contextlib.suppress(BackendUnavailableError):
                 direct = DirectBackend().open(rf, ctx)
-        return BufferedFile(rf, direct, max(1, os.cpu_count() or 1))
+        return BufferedFile(rf, direct, min(8, max(1, os.cpu_count() or 1)))
