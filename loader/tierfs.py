@@ -230,6 +230,10 @@ def storage_profile(path: str, fs: str) -> StorageProfile:
             q = os.path.join(base, "..", "queue")
         with open(os.path.join(q, "rotational")) as f:
             rotational = f.read().strip() == "1"
+        # Virtual disks (virtio, Xen) report rotational=1 whatever backs them; they want depth.
+        real = os.path.realpath(base)
+        if "virtio" in real or os.path.basename(real).startswith(("vd", "xvd")):
+            rotational = False
         with open(os.path.join(q, "max_sectors_kb")) as f:
             max_kb = int(f.read().strip())
     except (OSError, ValueError):
