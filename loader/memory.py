@@ -27,6 +27,16 @@ _MADV_POPULATE_WRITE = 23
 _USE_HUGE = os.environ.get("LOADER_HUGE", "1") == "1"
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.restype = ctypes.c_int
+
+
+def _madvise(addr: int, length: int, advice: int) -> None:
+    start = addr - addr % PAGE
+    _libc.madvise(start, length + (addr - start), advice)
+
+
 class HostBuffer:
     """A page-aligned block of host memory with its address, a memoryview and a tensor.
 
@@ -65,8 +75,9 @@ class HostBuffer:
         if not isinstance(self._keep, mmap.mmap):
             return
         length = self.size - offset if length is None else length
-        with contextlib.suppress(OSError, ValueError):
-            self._keep.madvise(_MADV_POPULATE_WRITE, offset, length)
+        # Through ctypes, not mmap.madvise: the latter holds the GIL for the whole populate
+        # (tens of ms per chunk), which would serialise every reader thread behind it.
+        _madvise(self.addr + offset, length, _MADV_POPULATE_WRITE)
 
     def view(
         self, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]
