@@ -54,7 +54,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dic
     return paths, expected
 
 
-@pytest.mark.parametrize(("world", "copy"), [(2, True), (3, False), (4, True)])
+@pytest.mark.parametrize(
+    ("world", "copy"), [(2, True), (3, False), pytest.param(4, True, marks=pytest.mark.slow)]
+)
 def test_gloo_ranks_split_reading(
     tmp_path: Path, checkpoint: tuple[list[str], dict[str, object]], world: int, copy: bool
 ) -> None:
