@@ -1,139 +1,136 @@
-"""The tierfs bypass on a real FUSE mount: bulk bytes must not pass through FUSE.
+"""The loader on a real tierfs mount: bulk bytes go around FUSE, straight to the backing copy.
 
-Two mounts are used:
-
-- a stand-in daemon (tests/fuse/loader_standin_fs.py) that speaks the tierfs xattr contract
-  and counts the bytes FUSE serves; it runs wherever /dev/fuse is usable;
-- the real tierfs mount from the ``tierfs_mount`` fixture in tests/fuse/conftest.py (added on
-  main by the lead); that test is skipped until the fixture exists.  It expects an object
-  with ``.root`` (the mount point) and ``.write(relpath, bytes)``.
+The daemon counts the bytes its FUSE read handler serves (root xattr ``user.tierfs.stats``);
+a load through the loader must leave that counter where it was. The fallback test shows the
+counter does move when the loader has to read through the mount, so the check has teeth.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import loader
-from loader import tierfs
+from tests.fuse.conftest import Mount, MountFactory
+from tests.fuse.tierutil import lazy_umount
 from tests.loader_testutil import digest
 
-pytestmark = pytest.mark.fuse
-STANDIN = Path(__file__).with_name("loader_standin_fs.py")
+MODEL = "ckpt"
 
 
-def _fuse_usable() -> bool:
-    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
-
-
-def _checkpoint(d: Path) -> dict[str, object]:
+def write_checkpoint(store: Path) -> dict[str, object]:
+    """An HF-style two-shard checkpoint of 16 MiB; returns the digest of every tensor."""
+    model_dir = store / MODEL
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text('{"model_type": "test"}')
     g = torch.Generator().manual_seed(0)
     expected = {}
     for s in range(2):
-        shard = {f"s{s}.w{i}": torch.randn(256, 1024, generator=g) for i in range(8)}  # 8 MiB
-        save_file(shard, str(d / f"m{s}.safetensors"))
+        shard = {f"s{s}.w{i}": torch.randn(256, 1024, generator=g) for i in range(8)}
+        save_file(shard, str(model_dir / f"model-0000{s + 1}-of-00002.safetensors"))
         expected.update({k: digest(v) for k, v in shard.items()})
     return expected
 
 
-def _mount(backing: Path, mnt: Path, *extra: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(STANDIN), str(backing), str(mnt), *extra])
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip("could not mount the stand-in FUSE file system here")
-        time.sleep(0.05)
-    return proc
+def fuse_bytes(mount: Mount) -> int:
+    """Bytes the daemon has handed the kernel: read replies plus prefetch pushes."""
+    stats = mount.stats()
+    return stats["read_bytes"] + stats["pushed_bytes"]
 
 
-def _unmount(proc: subprocess.Popen[bytes], mnt: Path) -> None:
-    subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture
-def standin(tmp_path: Path) -> Iterator[tuple[Path, Path, dict[str, object]]]:
-    if not _fuse_usable():
-        pytest.skip("needs /dev/fuse and fusermount3")
-    backing, mnt = tmp_path / "backing", tmp_path / "mnt"
-    backing.mkdir()
-    mnt.mkdir()
-    expected = _checkpoint(backing)
-    yield backing, mnt, expected
-
-
-def test_bulk_bytes_bypass_fuse_standin(standin: tuple[Path, Path, dict[str, object]]) -> None:
-    backing, mnt, expected = standin
-    proc = _mount(backing, mnt)
-    try:
-        before = tierfs.mount_stats(str(mnt))
-        for backend in (None, "direct", "buffered", "mmap"):
-            with loader.safe_open(mnt, backend=backend, verify=True) as f:
-                assert all(of.rf.on_tierfs for of in f.files)
-                assert all(of.rf.read_path.startswith(str(backing)) for of in f.files)
-                got = {k: digest(v) for k, v in f.tensors()}
-            assert got == expected
-        after = tierfs.mount_stats(str(mnt))
-        # Not a single byte, header included, was served by the FUSE daemon.
-        assert after["read_bytes"] == before["read_bytes"]
-        assert after["read_requests"] == before["read_requests"]
-    finally:
-        _unmount(proc, mnt)
-
-
-def test_counter_moves_when_reading_through_the_mount(
-    standin: tuple[Path, Path, dict[str, object]],
-) -> None:
-    """The fallback path: proves the counter above would have caught FUSE traffic."""
-    backing, mnt, expected = standin
-    proc = _mount(backing, mnt, "--broken-backing")
-    try:
-        before = tierfs.mount_stats(str(mnt))
-        tierfs._warned.clear()
-        with loader.safe_open(mnt, verify=True) as f:
-            assert all(of.rf.read_path.startswith(str(mnt)) for of in f.files)
-            assert set(f.backends.values()) == {"buffered"}
-            got = {k: digest(v) for k, v in f.tensors()}
-        assert got == expected
-        after = tierfs.mount_stats(str(mnt))
-        assert after["read_bytes"] - before["read_bytes"] >= 16 << 20
-    finally:
-        _unmount(proc, mnt)
-
-
-@pytest.fixture
-def real_mount(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("tierfs_mount")
-    except pytest.FixtureLookupError:
-        pytest.skip("tierfs_mount fixture not available yet (tests/fuse/conftest.py)")
-
-
-def test_bulk_bytes_bypass_fuse_real_tierfs(real_mount: Any, tmp_path: Path) -> None:
-    src = tmp_path / "m.safetensors"
-    ref = {f"w{i}": torch.randn(512, 1024) for i in range(8)}  # 16 MiB
-    save_file(ref, str(src))
-    real_mount.write("m.safetensors", src.read_bytes())
-    path = Path(real_mount.root) / "m.safetensors"
-    assert tierfs.getxattr(str(path), tierfs.XATTR_BACKING) is not None
-    before = tierfs.mount_stats(str(real_mount.root))
-    with loader.safe_open(path, verify=True) as f:
-        assert f.files[0].rf.on_tierfs and f.files[0].rf.read_path != str(path)
+def load_and_count(mount: Mount, backend: str | None) -> tuple[dict[str, object], int, list[str]]:
+    before = fuse_bytes(mount)
+    with loader.safe_open(mount.mountpoint / MODEL, backend=backend, verify=True) as f:
+        read_paths = [of.rf.read_path for of in f.files]
+        assert all(of.rf.on_tierfs for of in f.files)
         got = {k: digest(v) for k, v in f.tensors()}
-    after = tierfs.mount_stats(str(real_mount.root))
-    assert got == {k: digest(v) for k, v in ref.items()}
-    assert after["read_bytes"] == before["read_bytes"]
+    return got, fuse_bytes(mount) - before, read_paths
+
+
+@pytest.mark.parametrize("backend", [None, "direct", "buffered", "mmap"])
+def test_bulk_bytes_bypass_fuse_from_a_cold_store(
+    mount_factory: MountFactory, cold_store: Path, backend: str | None
+) -> None:
+    expected = write_checkpoint(cold_store)
+    mount = mount_factory([("disk", cold_store)])
+    got, through_fuse, read_paths = load_and_count(mount, backend)
+    assert got == expected
+    assert all(p.startswith(str(cold_store)) for p in read_paths), read_paths
+    # Not a single byte, header included, was served by the FUSE daemon.
+    assert through_fuse == 0
+
+
+def test_bulk_bytes_bypass_fuse_from_a_ram_tier(
+    mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    expected = write_checkpoint(cold_store)
+    tier = tmp_path / "ram0"
+    extra = f'[[tier]]\nname = "ram0"\npath = "{tier}"\nsize = "64M"\n'
+    extra += "[policy]\npromote_on_open = false\n"
+    mount = mount_factory([("disk", cold_store)], extra=extra)
+    try:
+        promoted = subprocess.run(
+            [sys.executable, "-m", "tierfs", "promote", MODEL, "--wait", "-c", str(mount.config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert promoted.returncode == 0, promoted.stderr
+        with loader.safe_open(mount.mountpoint / MODEL) as f:
+            # On a RAM tier the loader maps the hot copy rather than reading it.
+            assert set(f.backends.values()) == {"mmap"}, f.backends
+        got, through_fuse, read_paths = load_and_count(mount, None)
+        assert got == expected
+        assert all(p.startswith(str(tier)) for p in read_paths), read_paths
+        assert through_fuse == 0
+    finally:
+        mount.cleanup()
+        lazy_umount(tier)
+
+
+_LOAD_IN_CHILD = """
+import json, sys
+import loader
+from tests.loader_testutil import digest
+with loader.safe_open(sys.argv[1], verify=True) as f:
+    paths = [of.rf.read_path for of in f.files]
+    got = {k: list(map(str, digest(v))) for k, v in f.tensors()}
+print(json.dumps({"paths": paths, "got": got}))
+"""
+
+
+def test_loader_falls_back_through_the_mount_when_the_backing_copy_is_out_of_reach(
+    mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    """In a mount namespace where the cold store is hidden, the FUSE mount still works
+    (its daemon sees the store) but the backing path does not: the loader must read
+    through the mount, and the daemon's counter must show it."""
+    expected = write_checkpoint(cold_store)
+    mount = mount_factory([("disk", cold_store)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = fuse_bytes(mount)
+    script = (
+        f"mount --bind {empty} {cold_store} && "
+        f"{sys.executable} -c '{_LOAD_IN_CHILD}' {mount.mountpoint / MODEL}"
+    )
+    child = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout)
+    assert all(p.startswith(str(mount.mountpoint)) for p in result["paths"]), result["paths"]
+    assert result["got"] == {k: list(map(str, v)) for k, v in expected.items()}  # type: ignore[call-overload]
+    assert fuse_bytes(mount) - before >= 16 << 20
+    # The cold store in our own namespace was never touched by the bind mount.
+    assert (cold_store / MODEL / "config.json").exists()
