@@ -178,8 +178,10 @@ class ReadConfig(_Strict):
 
     # Kernel readahead of the mount's backing device info (bdi read_ahead_kb).
     readahead: Size = 16 << 20
-    # How far ahead of a sequential reader tierfs pushes bytes into the page cache.
-    prefetch_window: Size = 64 << 20
+    # How far ahead of a sequential reader tierfs pushes bytes into the page cache itself
+    # (notify_store). Off by default: on Linux 6.18 the kernel's own readahead, with
+    # requests served by worker threads, measured as fast or faster (docs/benchmarks.md).
+    prefetch_window: Size = 0
     prefetch_chunk: Size = 4 << 20
     io_threads: int = Field(default=8, ge=1, le=256)
 

@@ -1,10 +1,14 @@
-"""The read path: open handles on backing copies, reads, and page-cache prefetch.
+"""The read path: open handles on backing copies, reads, and optional page-cache prefetch.
 
-Every request the kernel sends costs a round trip through Python, which caps a naive
-passthrough far below the backing store. So for a reader that moves forward, tierfs
-reads ahead itself, in large chunks on worker threads, and pushes those bytes into the
-kernel's page cache of the FUSE inode (``notify_store``). The reader's next requests are
-then answered by the kernel without reaching the daemon at all.
+Every request the kernel sends costs a round trip through Python, so requests are served
+by worker threads, several in flight, and the mount's readahead is raised so that they
+are large (1 MiB).
+
+Optionally (``[read] prefetch_window``), tierfs also reads ahead of a forward reader
+itself, in large chunks on worker threads, and pushes those bytes into the kernel's page
+cache of the FUSE inode (``notify_store``), so the reader's next requests never reach the
+daemon. On Linux 6.18 the kernel's own readahead measured as fast or faster, so this is off
+by default; it remains for kernels where it measures better.
 
 Pushing only ever stores the bytes of an immutable backing copy at their own offsets, so
 it can never make a reader see something other than the file's content. Pushes run on

@@ -284,9 +284,22 @@ def test_statfs_reports_the_cold_stores_size(mounted: Mount, cold_files: Path) -
     assert seen.f_bavail * seen.f_frsize == pytest.approx(cold.f_bavail * cold.f_frsize, rel=0.01)
 
 
+@pytest.fixture
+def prefetching(mount_factory: MountFactory, cold_files: Path) -> Mount:
+    return mount_factory(
+        [("disk", cold_files)], extra="[read]\nprefetch_window = 67108864\n", name="pf"
+    )
+
+
+def test_prefetch_is_off_by_default(mounted: Mount, cold_hashes: dict[str, str]) -> None:
+    assert file_hash(mounted.mountpoint / "models" / "multi.bin") == cold_hashes["multi.bin"]
+    assert mounted.stats()["pushed_bytes"] == 0
+
+
 def test_sequential_reader_is_served_by_prefetch(
-    mounted: Mount, cold_hashes: dict[str, str]
+    prefetching: Mount, cold_hashes: dict[str, str]
 ) -> None:
+    mounted = prefetching
     size = SIZES["multi.bin"]
     before = mounted.stats()
     h = xxhash.xxh3_128()
