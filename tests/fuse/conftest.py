@@ -134,6 +134,31 @@ class Mount:
 
 MountFactory = Callable[..., Mount]
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tierfs ARGS -c CONFIG`` as a user would, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "tierfs", *args, "-c", str(config)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_until(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `predicate` until it is true, or fail the test naming `what`."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
 
 @pytest.fixture
 def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:

@@ -11,7 +11,6 @@ import os
 import random
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import xxhash
 
-from tests.fuse.conftest import Mount
+from tests.fuse.conftest import Mount, wait_until
+from tests.fuse.conftest import run_cli as cli
 from tierfs.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,18 +77,6 @@ class TierDirs:
                 subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
-def cli(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``tierfs <args> -c <config>`` as users do."""
-    return subprocess.run(
-        [sys.executable, "-m", "tierfs", *args, "-c", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def cli_ok(config: Path, *args: str, timeout: float = 120) -> str:
     result = cli(config, *args, timeout=timeout)
     assert result.returncode == 0, (
@@ -137,16 +125,6 @@ def wait_for_log(mount: Mount, text: str, timeout: float = 30.0) -> None:
             raise AssertionError(f"daemon exited before logging {text!r}:\n{mount.log_text()}")
         time.sleep(0.05)
     raise AssertionError(f"daemon did not log {text!r} within {timeout}s:\n{mount.log_text()}")
-
-
-def wait_until(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # The catalog, read-only ---------------------------------------------------------------

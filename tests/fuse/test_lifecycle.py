@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.fuse.conftest import Mount, MountFactory, write_config
+from tests.fuse.conftest import Mount, MountFactory, wait_until, write_config
 from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,16 +90,6 @@ def populate(root: Path) -> dict[str, bytes]:
     for rel, data in files.items():
         write_file(root / rel, data)
     return files
-
-
-def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pid_gone(pid: int) -> bool:

@@ -12,7 +12,6 @@ import json
 import mmap
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 import xxhash
 
+from tests.fuse.conftest import run_cli as cli
 from tierfs.client import ControlClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,18 +126,6 @@ class SplitReader:
 
 
 # The CLI and the control API -------------------------------------------------------------
-
-
-def cli(config: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tierfs ARGS -c CONFIG`` from the worktree root."""
-    return subprocess.run(
-        [sys.executable, "-m", "tierfs", *args, "-c", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
-    )
 
 
 def cli_ok(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
