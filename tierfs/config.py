@@ -237,9 +237,6 @@ class Config(_Strict):
                 raise ValueError(f"{where} overlaps mountpoint {str(self.mountpoint)!r}")
         return self
 
-    def tier_by_name(self, name: str) -> TierConfig | None:
-        return next((t for t in self.tier if t.name == name), None)
-
     @property
     def catalog_path(self) -> Path:
         return self.state_dir / "catalog.sqlite"

@@ -28,6 +28,8 @@ from tierfs.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
 
+COLD_GONE = "cold file is gone"
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -130,6 +132,9 @@ def check(
             if withdraw and repair:
                 withdraw(*key)
             report.add(hot_problem, path, _discard(catalog, replica, repair))
+            if hot_problem == COLD_GONE and repair:
+                # Nothing is left to serve or to copy again: forget the file itself.
+                catalog.forget_files([record.id])
             continue
         known_paths.add(path)
         if deep:
@@ -167,7 +172,7 @@ def _hot_problem(
     try:
         cold = os.stat(root / record.relpath)
     except FileNotFoundError:
-        return "cold file is gone"
+        return COLD_GONE
     except OSError as exc:
         # An unreachable cold store (NFS down) says nothing against the hot copy.
         log.warning("fsck: cannot stat cold %s: %s", root / record.relpath, exc.strerror)

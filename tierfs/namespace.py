@@ -217,15 +217,6 @@ class Namespace:
             node = self.lookup(node.inode, part)
         return node
 
-    def walk(self, relpath: str = "") -> Iterator[Node]:
-        """Every node below `relpath`, depth first, directories before their entries."""
-        stack = [self.resolve(relpath)]
-        while stack:
-            node = stack.pop()
-            yield node
-            if node.is_dir:
-                stack.extend(reversed(self.listdir(node.inode)))
-
     def conflicts(self) -> list[Conflict]:
         """Names served by one store while others provide them too, as found so far."""
         with self._lock:

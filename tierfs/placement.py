@@ -88,9 +88,6 @@ class Placement:
     def hot_backing(self, key: FileKey) -> Backing | None:
         return self._hot.get(key)
 
-    def hot_files(self) -> dict[FileKey, Backing]:
-        return dict(self._hot)
-
     def set_hot(self, key: FileKey, backing: Backing | None) -> None:
         """Serve new opens of a file from `backing`, or from cold when None."""
         if backing is None:

@@ -123,10 +123,6 @@ class ReadPath:
     def open_handles(self) -> int:
         return len(self._handles)
 
-    def handles_on(self, path: Path) -> int:
-        """How many open handles read from this backing path."""
-        return sum(1 for h in self._handles.values() if h.backing.path == path)
-
     async def open(self, inode: int, backing: Backing, size: int) -> OpenFile:
         """Open a backing copy for reading.
 
