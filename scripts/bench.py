@@ -329,7 +329,7 @@ def direct_huge_bound(path: Path, chunk: int = 16 << 20, depth: int = 8) -> floa
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tierfs.copier import io_buffer
+    from tierfs.iobuf import io_buffer
 
     drop_caches()
     size = path.stat().st_size

@@ -11,7 +11,6 @@ This module is blocking: the mover runs `copy_file` on a worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import mmap
@@ -26,6 +25,7 @@ from pathlib import Path
 import xxhash
 
 from tierfs.errors import TierfsError
+from tierfs.iobuf import io_buffer
 from tierfs.tiers import unlink_quietly
 
 log = logging.getLogger(__name__)
@@ -53,23 +53,6 @@ class CopyResult:
     xxh3: str
     size: int
     direct_io: bool
-
-
-def io_buffer(size: int) -> mmap.mmap:
-    """A page-aligned buffer for O_DIRECT I/O, backed by huge pages where the kernel can.
-
-    Private anonymous memory with MADV_HUGEPAGE: on a VM, DMA into 4 KiB pages costs far
-    more than into huge ones (measured here: 0.8 against 4.5 GB/s for O_DIRECT reads).
-    Python's default ``mmap(-1, n)`` is shared (shmem) memory, which gets no huge pages.
-    """
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        with contextlib.suppress(OSError):
-            buffer.madvise(mmap.MADV_HUGEPAGE)
-    # Touch it once now, so the copy itself never waits on a page fault.
-    for offset in range(0, size, 4096):
-        buffer[offset] = 0
-    return buffer
 
 
 def hash_file(path: Path, chunk: int = VERIFY_CHUNK) -> str:
