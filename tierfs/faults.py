@@ -3,7 +3,8 @@
 Points: ``copy_started`` (temp file created, nothing written), ``copy_written`` (temp
 written and verified), ``copy_verified`` (made read-only, not yet renamed),
 ``copy_renamed`` (renamed, not yet hot in the catalog), ``evict_marked`` (catalog says
-evicting, file not yet removed).
+evicting, file not yet removed), ``backing_open`` (an open has chosen its copy and is about
+to open it).
 
 Set ``TIERFS_FAULT_PAUSE=copy_written,evict_marked`` and the daemon logs
 ``fault point <name> reached`` and stops there (for ``TIERFS_FAULT_PAUSE_S`` seconds,

@@ -218,8 +218,7 @@ class TierfsOperations(pyfuse3.Operations):
             # or its old hot copy and old size would keep being served.
             await trio.to_thread.run_sync(self.namespace.refresh_file, node)
             await self._invalidate_changed()
-            backing = await self.placement.backing_for_open(node)
-            handle = await self.readpath.open(inode, backing, node.attrs.size)
+            handle = await self.placement.open(node, self.readpath)
             # keep_cache: the presented bytes never change under an inode, so pages
             # cached by an earlier open (or pushed by prefetch) stay valid. Never
             # direct_io: it breaks mmap(MAP_SHARED), which llama.cpp uses.

@@ -8,6 +8,7 @@ they keep the fd of the copy they were opened on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,8 +18,9 @@ from pathlib import Path
 import trio
 
 from tierfs.catalog import AccessDelta, Catalog, FileRecord, ReplicaState
+from tierfs.errors import BackingIOError
 from tierfs.namespace import Node
-from tierfs.readpath import Backing, OpenFile
+from tierfs.readpath import Backing, OpenFile, ReadPath
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,16 @@ class Placement:
     def last_access(self, key: FileKey) -> float:
         return self._last_access.get(key, 0.0)
 
-    async def backing_for_open(self, node: Node) -> Backing:
-        """The copy that serves an open of `node`; the open is counted."""
+    async def open(self, node: Node, readpath: ReadPath) -> OpenFile:
+        """Open the copy that serves `node` now; the open is counted.
+
+        A hot copy can be withdrawn and deleted by an eviction between choosing it and
+        opening it (the open runs on a worker thread). The reader must not see that: the
+        copy is chosen again, which then falls back to cold.
+
+        Raises:
+            BackingIOError: the copy that serves the file cannot be opened.
+        """
         key = (node.store, node.relpath)
         if self.record_of(node) is None:
             # First open of this file (or of its new identity): give it a catalog row,
@@ -113,10 +123,19 @@ class Placement:
         access.opens += 1
         access.last_access = now
         self._last_access[key] = now
-        backing = self._hot.get(key) or Backing(node.store, node.source)
         if self.on_open is not None:
             self.on_open(node)
-        return backing
+        cold = Backing(node.store, node.source)
+        while True:
+            backing = self._hot.get(key) or cold
+            try:
+                return await readpath.open(node.inode, backing, node.attrs.size)
+            except BackingIOError as exc:
+                # Worth another try only for a hot copy that vanished and that placement
+                # has since stopped serving (eviction withdraws before it deletes).
+                if exc.errno != errno.ENOENT or backing == cold or self._hot.get(key) == backing:
+                    raise
+                log.debug("%s was evicted while being opened; opening again", backing.path)
 
     def closed(self, handle: OpenFile, key: FileKey) -> None:
         self._pending.setdefault(key, _Access()).bytes_read += handle.bytes_read

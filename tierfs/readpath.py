@@ -30,6 +30,7 @@ import trio
 
 from tierfs.config import ReadConfig
 from tierfs.errors import BackingIOError
+from tierfs.faults import pause_point
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ class ReadStats:
     opens: int = 0
 
 
+def _open_backing(path: Path) -> int:
+    pause_point("backing_open")
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
 def _align_down(n: int) -> int:
     return n - n % PAGE
 
@@ -131,7 +137,7 @@ class ReadPath:
         """
         try:
             fd = await trio.to_thread.run_sync(
-                os.open, backing.path, os.O_RDONLY | os.O_CLOEXEC, limiter=self._io_limiter
+                _open_backing, backing.path, limiter=self._io_limiter
             )
         except OSError as exc:
             raise BackingIOError(

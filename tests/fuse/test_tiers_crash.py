@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from tests.fuse.crashutil import (
     restart,
     tier_toml,
     wait_for_log,
+    xxh,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -216,3 +218,34 @@ def test_a_failing_copy_fails_its_job_not_the_daemon(
     served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
     assert set(served.values()) == {TIER}, served
     assert len(assert_catalog_consistent(mount.state_dir, tier)) == len(hashes)
+
+
+def test_an_open_that_races_an_eviction_falls_back_to_cold(rig: Rig, cold_store: Path) -> None:
+    """An open chooses the hot copy; before it opens it, a demotion deletes it. The reader
+    must still get the file, from cold, and never see ENOENT."""
+    mount, hashes, tier = rig(
+        env={"TIERFS_FAULT_PAUSE": "backing_open", "TIERFS_FAULT_PAUSE_S": "3"}
+    )
+    promote_wait(mount, HF_MODEL)
+    rel = f"{HF_MODEL}/model-00001-of-00002.safetensors"
+    hot = tier / "hot" / "cold" / rel
+    assert hot.exists()
+    result: dict[str, object] = {}
+
+    def reader() -> None:
+        try:
+            result["data"] = (mount.mountpoint / rel).read_bytes()
+        except OSError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    wait_for_log(mount, "fault point backing_open reached")
+    with control(mount) as client:
+        client.demote(HF_MODEL)
+    assert not hot.exists()
+    thread.join(timeout=60)
+    assert "error" not in result, result.get("error")
+    data = result["data"]
+    assert isinstance(data, bytes)
+    assert xxh(data) == hashes[rel]
