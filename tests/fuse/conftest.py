@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from tierfs.daemon import SERVING, is_tierfs, lazy_unmount, mount_entry
 
@@ -147,6 +148,20 @@ def run_cli(config: Path, *args: str, timeout: float = 120) -> subprocess.Comple
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def xxh(data: bytes | bytearray | memoryview) -> str:
+    """xxh3-128 of bytes in memory, as tierfs records it."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def file_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """xxh3-128 of a whole file, read in `chunk`-sized blocks."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def wait_until(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:

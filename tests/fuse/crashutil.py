@@ -17,27 +17,13 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-import xxhash
-
-from tests.fuse.conftest import Mount, wait_until
+from tests.fuse.conftest import Mount, file_hash, wait_until, xxh
 from tests.fuse.conftest import run_cli as cli
 from tierfs.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 TIER = "ram0"
-
-
-def xxh(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-def file_hash(path: Path, chunk: int = 4 * MiB) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tier_toml(path: Path, *, size: str = "64M", policy: str = "") -> str:

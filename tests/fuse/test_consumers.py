@@ -21,7 +21,7 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from tests.fuse.conftest import Mount
+from tests.fuse.conftest import Mount, file_hash
 from tierfs.demo import HF_SHARDS, HUB_REPO_DIR, HUB_REPO_ID
 
 LLAMA_PYTHON = os.environ.get("TIERFS_LLAMA_PYTHON", sys.executable)
@@ -32,14 +32,6 @@ OLLAMA_MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 OLLAMA_MANIFEST = "ollama/manifests/registry.ollama.ai/library/tiny-llama/latest"
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def xxh3_file(path: Path) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...], str]]:
@@ -62,7 +54,7 @@ def snapshot_tree(root: Path) -> dict[str, tuple[object, ...]]:
             if stat.S_ISLNK(st.st_mode):
                 content: str = "-> " + os.readlink(path)
             elif stat.S_ISREG(st.st_mode):
-                content = xxh3_file(path)
+                content = file_hash(path)
             else:
                 content = "dir"
             out[rel] = (st.st_mode, st.st_mtime_ns, st.st_size, content)
@@ -93,7 +85,7 @@ def check_safetensors(mnt: Path, cold: Path) -> None:
         assert tensor_digests(got) == tensor_digests(want), rel
         for name in want:
             assert torch.equal(got[name], want[name]), f"{rel}: {name}"
-        assert xxh3_file(mnt / rel) == xxh3_file(cold / rel)
+        assert file_hash(mnt / rel) == file_hash(cold / rel)
 
 
 def check_hub_download(mnt: Path, cold: Path) -> None:
@@ -114,7 +106,7 @@ def check_hub_download(mnt: Path, cold: Path) -> None:
         assert resolved.parent == (mnt / "hub" / HUB_REPO_DIR / "blobs").resolve()
         cold_blob = cold / "hub" / HUB_REPO_DIR / "blobs" / resolved.name
         assert path.read_bytes() == cold_blob.read_bytes()
-        assert xxh3_file(path) == xxh3_file(cold_blob)
+        assert file_hash(path) == file_hash(cold_blob)
 
 
 def logits_of(model_dir_or_id: str | Path, **kwargs: object) -> torch.Tensor:
@@ -201,7 +193,7 @@ def test_llama_cpp_mmap_shared_through_mount_generates_same_tokens(
     mnt = demo_mount.mountpoint
     blob = ollama_model_blob(mnt)
     assert blob.name == ollama_model_blob(demo_cold).name
-    assert xxh3_file(blob) == xxh3_file(ollama_model_blob(demo_cold))
+    assert file_hash(blob) == file_hash(ollama_model_blob(demo_cold))
     pairs = [
         (blob, ollama_model_blob(demo_cold)),
         (mnt / "gguf" / "tiny-llama.gguf", demo_cold / "gguf" / "tiny-llama.gguf"),
@@ -231,7 +223,7 @@ def test_consumer_workload_leaves_cold_store_unchanged(
     for path in mnt.rglob("*"):
         if path.is_file() and not path.is_symlink():
             cold = demo_cold / path.relative_to(mnt)
-            assert xxh3_file(path) == xxh3_file(cold), path
+            assert file_hash(path) == file_hash(cold), path
     # Writes through the mount are refused and change nothing.
     with pytest.raises(OSError):
         (mnt / "gguf" / "tiny-llama.gguf").write_bytes(b"x")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.fuse.conftest import Mount, MountFactory, wait_until, write_config
+from tests.fuse.conftest import Mount, MountFactory, file_hash, wait_until, write_config
 from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,17 +61,12 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def xxh3(path: Path) -> str:
-    with open(path, "rb") as f:
-        return xxhash.xxh3_128_hexdigest(f.read())
-
-
 def snapshot_tree(root: Path) -> dict[str, tuple[int, int, str]]:
     out: dict[str, tuple[int, int, str]] = {}
     for path in [root, *sorted(root.rglob("*"))]:
         st = os.lstat(path)
         if stat.S_ISREG(st.st_mode):
-            content = xxh3(path)
+            content = file_hash(path)
         elif stat.S_ISLNK(st.st_mode):
             content = "-> " + os.readlink(path)
         else:

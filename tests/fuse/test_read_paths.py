@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.fuse.conftest import Mount, MountFactory
+from tests.fuse.conftest import Mount, MountFactory, file_hash, xxh
 
 SIZES = {
     "empty.bin": 0,
@@ -29,18 +29,6 @@ SPARSE_NAME = "sparse.bin"
 SPARSE_SIZE = (4 << 30) + 12345
 # Islands of data in the sparse file, so its hash covers more than zeros.
 SPARSE_ISLANDS = (0, 1 << 20, (1 << 32) - 4096, 1 << 32, SPARSE_SIZE - 5000)
-
-
-def xxh(data: bytes | memoryview) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-def file_hash(path: Path, chunk: int = 8 << 20) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import xxhash
 
+from tests.fuse.conftest import file_hash, xxh
 from tests.fuse.conftest import run_cli as cli
 from tierfs.client import ControlClient
 
@@ -30,18 +30,6 @@ T = TypeVar("T")
 
 
 # Bytes ---------------------------------------------------------------------------------
-
-
-def xxh(data: bytes | bytearray | memoryview) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-def file_hash(path: Path, chunk: int = 1 << 20) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_random(path: Path, size: int, seed: int) -> str:
