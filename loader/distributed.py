@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from loader.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -44,14 +46,14 @@ def make_context(process_group: Any) -> DistContext | None:
     """Wrap a process group; ``None`` (or a group of one) means a local load.
 
     Raises:
-        RuntimeError: a group was given but torch.distributed is not initialised.
+        ConfigError: a group was given but torch.distributed is not initialised.
     """
     if process_group is None:
         return None
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("process_group given but torch.distributed is not initialised")
+        raise ConfigError(None, "process_group was given but torch.distributed is not initialised")
     group = None if process_group is True else process_group
     world = dist.get_world_size(group)
     if world <= 1:

@@ -58,7 +58,8 @@ class HostBuffer:
             skew = (-raw.data_ptr()) % PAGE
             self.tensor = raw[skew : skew + size]
             self.addr = self.tensor.data_ptr()
-            self.mv = memoryview(self.tensor.numpy()).cast("B")  # type: ignore[arg-type]
+            # Through ctypes rather than .numpy(): torch does not require numpy.
+            self.mv = tensor_bytes(self.tensor)
             self._keep = raw
         else:
             mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

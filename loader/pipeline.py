@@ -292,6 +292,9 @@ class Pipeline:
             h = self._hashers.get(r.file)
             if h is not None:
                 h.update(buf.mv[p.src : p.src + p.length])
+        # The destinations were allocated on the consumer's stream, whose queued kernels may
+        # still use memory the caching allocator just handed back: copy only after them.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             for p in r.pieces:
                 flat = self._dest[p.tensor].reshape(-1).view(torch.uint8)
@@ -341,7 +344,12 @@ class Pipeline:
             self._dev_next += 1
             if t.kind is not Kind.DEVICE:
                 continue
-            d = torch.empty(t.info.shape, dtype=t.info.torch_dtype, device=self.device)
+            # kvikio writes from its own threads, outside any stream order.  Memory from the
+            # side stream's pool is never memory the consumer's queued kernels still use;
+            # record_stream makes a later free wait for the consumer's use of the tensor.
+            with torch.cuda.stream(self.stream):
+                d = torch.empty(t.info.shape, dtype=t.info.torch_dtype, device=self.device)
+            d.record_stream(torch.cuda.current_stream(self.device))
             self._dest[t.index] = d
             if self.dist is not None and t.owner != self.rank:
                 continue

@@ -43,9 +43,13 @@ class FakeEvent:
 class FakeStream:
     def __init__(self) -> None:
         self.waited: list[FakeEvent] = []
+        self.waited_on: list[FakeStream] = []
 
     def wait_event(self, ev: FakeEvent) -> None:
         self.waited.append(ev)
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.waited_on.append(other)
 
 
 @pytest.fixture
@@ -67,6 +71,7 @@ def test_staging_ring_path(tmp_path: Path, fake_cuda: FakeStream, verify: bool) 
     tensors += [(f"tiny{i}", random_tensor(torch.int8, (i,), g)) for i in range(200)]
     p = tmp_path / "s.safetensors"
     write_raw(p, tensors)
+    copy_stream = FakeStream()
     with loader.safe_open(p, backend="buffered") as f:
         of = f.files[0]
         of.rf.xxh3 = xxhash.xxh3_128_hexdigest(p.read_bytes())
@@ -84,7 +89,7 @@ def test_staging_ring_path(tmp_path: Path, fake_cuda: FakeStream, verify: bool) 
                 pool=pool,
                 window=4,
                 verify=verify,
-                copy_stream=FakeStream(),
+                copy_stream=copy_stream,
             )
             pipe.cpu = False  # take the device branch: H2D pieces, events, pool recycling
             pipe._scatter_in_worker = False
@@ -92,6 +97,8 @@ def test_staging_ring_path(tmp_path: Path, fake_cuda: FakeStream, verify: bool) 
     assert got == {k: digest(v) for k, v in tensors}
     assert pool.peak <= cap  # host memory bounded by the staging size
     assert FakeEvent.created and fake_cuda.waited  # consumer waited on copy events
+    # The copy stream waited for the consumer's queued work before writing its destinations.
+    assert copy_stream.waited_on and all(s is fake_cuda for s in copy_stream.waited_on)
     assert len(plan.requests) > 4  # the ring really was recycled
 
 
