@@ -73,3 +73,12 @@ def test_gloo_ranks_split_reading(
     # Each byte is read once (plus page-alignment slack), split evenly.
     assert data_bytes * 0.99 <= sum(reads) <= data_bytes + world * 2 * (1 << 20)
     assert max(reads) - min(reads) <= 2 * (1 << 20) + 4096
+
+
+def test_group_without_init_is_a_named_error(
+    checkpoint: tuple[list[str], dict[str, object]],
+) -> None:
+    paths, _ = checkpoint
+    assert not dist.is_initialized()
+    with pytest.raises(loader.ConfigError, match="not initialised"):
+        loader.safe_open(paths, process_group=True)
