@@ -4,7 +4,7 @@ Every figure is measured in the same run as the bound it is compared with, becau
 machines are noisy. Sections: ``fuse`` (reads through the mount against reads of the
 backing file), ``loader`` (scripts/bench_loader.py) and ``promote`` (when tiers exist).
 
-Usage: scripts/bench [fuse|loader|all] [--size 2G] [--repeat 3]
+Usage: scripts/bench [fuse|loader|all] [--size 2G] [--repeat 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -465,6 +465,7 @@ def main() -> None:
     parser.add_argument("--size", default="2G", help="size of the test file (default 2G)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=REPO / "bench-data")
+    parser.add_argument("--device", default="cpu", help="loader section: cpu or cuda")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("scripts/bench needs root (drop_caches, tmpfs mounts)")
@@ -490,6 +491,8 @@ def main() -> None:
             str(args.repeat),
             "--out",
             str(out),
+            "--device",
+            args.device,
         ]
         subprocess.run(command, check=True)
 
