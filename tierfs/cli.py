@@ -371,9 +371,9 @@ def fsck(
     else:
         from tierfs.catalog import Catalog
         from tierfs.fsck import check
-        from tierfs.tiers import prepare_tier
+        from tierfs.tiers import prepare_tiers
 
-        tiers = [prepare_tier(t) for t in cfg.tier]
+        tiers = prepare_tiers(cfg.tier)
         with Catalog(cfg.catalog_path) as catalog:
             report = check(catalog, tiers, {c.name: c.path for c in cfg.cold}, deep=deep).to_json()
     for finding in report["findings"]:

@@ -33,7 +33,7 @@ from tierfs.namespace import ColdStore, Namespace
 from tierfs.placement import Placement
 from tierfs.readpath import ReadPath
 from tierfs.status import build_report
-from tierfs.tiers import prepare_tier
+from tierfs.tiers import prepare_tiers, release_fresh_tiers
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class Daemon:
         os.chmod(config.state_dir, 0o700)
         # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
         self.catalog = Catalog(config.catalog_path)
-        self.tiers = [prepare_tier(t) for t in config.tier]
+        self.tiers = prepare_tiers(config.tier)
         self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         self.placement = Placement(self.catalog)
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
@@ -250,17 +250,15 @@ class Daemon:
             MountError: the mountpoint is unusable or the kernel refused the mount.
         """
         mountpoint = self.config.mountpoint
-        prepare_mountpoint(mountpoint)
-        self.recover()
         try:
             try:
-                pyfuse3.init(self.operations, str(mountpoint), mount_options(self.config))
-            except RuntimeError as exc:
-                raise MountError(
-                    f"the kernel refused to mount {mountpoint}: {exc}",
-                    path=str(mountpoint),
-                    errno=errno.EIO,
-                ) from None
+                prepare_mountpoint(mountpoint)
+                self.recover()
+                self._fuse_init(mountpoint)
+            except BaseException:
+                # A refused start leaves no tier tmpfs behind that it mounted itself.
+                release_fresh_tiers(self.tiers)
+                raise
             self._mounted = True
             log.info(
                 "mounted %s over %s",
@@ -274,6 +272,16 @@ class Daemon:
                 self._mounted = False
                 log.info("unmounted %s", mountpoint)
             self.catalog.close()
+
+    def _fuse_init(self, mountpoint: Path) -> None:
+        try:
+            pyfuse3.init(self.operations, str(mountpoint), mount_options(self.config))
+        except RuntimeError as exc:
+            raise MountError(
+                f"the kernel refused to mount {mountpoint}: {exc}",
+                path=str(mountpoint),
+                errno=errno.EIO,
+            ) from None
 
     async def _main(self) -> None:
         await self.placement.load()

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class Tier:
     config: TierConfig
     capacity: int
     fstype: str
+    #: This call of prepare_tier mounted the tmpfs (so it is empty and ours to take back).
+    mounted_here: bool = False
 
     @property
     def name(self) -> str:
@@ -114,6 +117,7 @@ def prepare_tier(config: TierConfig) -> Tier:
     path = config.path
     where = f"tier {config.name!r} at {path}"
     is_mount = path.is_dir() and os.path.ismount(path)
+    mounted_here = False
     if config.kind == "ram" and config.mount_tmpfs and not is_mount:
         if os.geteuid() != 0:
             raise TierError(
@@ -131,6 +135,47 @@ def prepare_tier(config: TierConfig) -> Tier:
                 errno=exc.errno or errno.EIO,
             ) from None
         _mount_tmpfs(path, config.size, where, huge=config.huge_pages)
+        mounted_here = True
+    try:
+        return _check_tier(config, where, mounted_here)
+    except TierError:
+        if mounted_here:
+            _unmount_tmpfs(path)
+        raise
+
+
+def prepare_tiers(configs: Sequence[TierConfig]) -> list[Tier]:
+    """Prepare every configured tier, all or none.
+
+    When one tier fails, the tmpfs this call mounted for the tiers before it are unmounted
+    again (they are still empty), so a refused start leaves no mounts behind.  Tmpfs that
+    were mounted before (a restart's hot copies) are never touched.
+
+    Raises:
+        TierError: the first tier that cannot be used, as from ``prepare_tier``.
+    """
+    tiers: list[Tier] = []
+    try:
+        for config in configs:
+            tiers.append(prepare_tier(config))
+    except TierError:
+        release_fresh_tiers(tiers)
+        raise
+    return tiers
+
+
+def release_fresh_tiers(tiers: Sequence[Tier]) -> None:
+    """Unmount the tmpfs that this start mounted, when the start is refused after all.
+
+    They hold nothing yet; tmpfs that were there before are left alone.
+    """
+    for tier in tiers:
+        if tier.mounted_here:
+            _unmount_tmpfs(tier.root)
+
+
+def _check_tier(config: TierConfig, where: str, mounted_here: bool) -> Tier:
+    path = config.path
     if not path.is_dir():
         raise TierError(f"{where}: no such directory", path=str(path), errno=errno.ENOENT)
     fs = filesystem_of(path)
@@ -154,7 +199,7 @@ def prepare_tier(config: TierConfig) -> Tier:
     for sub in (HOT_DIR, TMP_DIR):
         (path / sub).mkdir(mode=0o700, exist_ok=True)
     log.info("%s: %s, %s", where, fs.fstype, format_size(config.size))
-    return Tier(config=config, capacity=config.size, fstype=fs.fstype)
+    return Tier(config=config, capacity=config.size, fstype=fs.fstype, mounted_here=mounted_here)
 
 
 def unlink_quietly(path: Path) -> None:
@@ -177,3 +222,13 @@ def _mount_tmpfs(path: Path, size: int, where: str, *, huge: bool) -> None:
             errno=errno.EIO,
         )
     log.info("mounted a %s tmpfs at %s", format_size(size), path)
+
+
+def _unmount_tmpfs(path: Path) -> None:
+    # Best effort: this runs on the way out of a refused start, whose error is the one that
+    # matters; a failure here is logged, not raised over it.
+    result = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        log.warning("could not unmount the tmpfs at %s: %s", path, result.stderr.strip())
+    else:
+        log.info("unmounted the tmpfs at %s again", path)

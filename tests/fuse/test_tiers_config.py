@@ -156,3 +156,43 @@ def test_tier_overlapping_cold_store_or_mountpoint(
     # `config check` says the same.
     check = tu.cli(mount.config, "config", "check")
     assert check.returncode == 2 and "overlaps" in check.stderr
+
+
+def test_refused_start_unmounts_the_tmpfs_it_mounted_for_an_earlier_tier(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    (cold_store / "m").mkdir(exist_ok=True)
+    (cold_store / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+    fresh = tier_guard / "ram0"  # tierfs mounts a tmpfs here
+    on_disk = tmp_path / "on-disk"  # then refuses this one: not RAM-backed
+    on_disk.mkdir()
+    extra = tu.tier_toml("ram0", fresh, "64M", mount_tmpfs=True) + tu.tier_toml(
+        "ram1", on_disk, "64M", rank=1, mount_tmpfs=False
+    )
+    mount = mount_factory([("c", cold_store)], extra=extra, start=False)
+    result = tu.cli(mount.config, "mount", "--foreground", timeout=30)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tierfs:")]
+    assert len(errors) == 1 and "'ram1'" in errors[0] and "not RAM-backed" in errors[0], errors
+    assert not tu.mounts_under(tmp_path), "the refused start left a mount behind"
+
+
+def test_refused_mountpoint_unmounts_the_fresh_tier_tmpfs_but_keeps_an_existing_one(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    (cold_store / "m").mkdir(exist_ok=True)
+    (cold_store / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+    fresh = tier_guard / "ram0"
+    mount = config_with(mount_factory, cold_store, fresh, "64M", mount_tmpfs=True)
+    mount.mountpoint.rmdir()
+    result = tu.cli(mount.config, "mount", "--foreground", timeout=30)
+    assert result.returncode != 0 and "does not exist" in result.stderr, result.stderr
+    assert not tu.mounts_under(tmp_path), "the refused start left its tmpfs mounted"
+
+    # A tmpfs that was there before the start (a restart's hot copies) is never taken away.
+    with tu.tmpfs_at(fresh, "64M"):
+        (fresh / "keep").write_bytes(b"hot")
+        result = tu.cli(mount.config, "mount", "--foreground", timeout=30)
+        assert result.returncode != 0 and "does not exist" in result.stderr
+        assert [m[0] for m in tu.mounts_under(fresh)] == [str(fresh.resolve())]
+        assert (fresh / "keep").read_bytes() == b"hot"
