@@ -94,6 +94,50 @@ def test_bulk_bytes_bypass_fuse_from_a_ram_tier(
         lazy_umount(tier)
 
 
+def tierfs_cli(mount: Mount, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tierfs", *args, "-c", str(mount.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("backend", [None, "buffered", "direct"])
+def test_load_opened_on_a_ram_tier_survives_demotion_mid_load(
+    mount_factory: MountFactory, cold_store: Path, tmp_path: Path, backend: str | None
+) -> None:
+    expected = write_checkpoint(cold_store)
+    tier = tmp_path / "ram0"
+    extra = f'[[tier]]\nname = "ram0"\npath = "{tier}"\nsize = "64M"\n'
+    extra += "[policy]\npromote_on_open = false\n"
+    mount = mount_factory([("disk", cold_store)], extra=extra)
+    try:
+        tierfs_cli(mount, "promote", MODEL, "--wait")
+        with loader.safe_open(
+            mount.mountpoint / MODEL, backend=backend, verify=True, chunk_size="1M", threads=1
+        ) as f:
+            assert all(of.rf.read_path.startswith(str(tier)) for of in f.files)
+            assert all(of.rf.xxh3 for of in f.files), "tierfs published no hash"
+            it = f.tensors()
+            got = dict([next(it)])
+            stats = f.last_stats
+            assert stats is not None
+            # One reader thread keeps at most a few 1 MiB reads ahead: most bytes are unread.
+            if backend is not None:
+                assert stats.bytes_read < 8 << 20, stats.bytes_read
+            # The hot copies are deleted while the load is under way: the open fds (and
+            # mappings) keep the old, immutable bytes, and the hash still checks out.
+            tierfs_cli(mount, "demote", MODEL)
+            assert not any((tier / "hot").rglob("*.safetensors")), "demote left hot copies"
+            got.update(it)
+        assert {k: digest(v) for k, v in got.items()} == expected
+    finally:
+        mount.cleanup()
+        lazy_umount(tier)
+
+
 _LOAD_IN_CHILD = """
 import json, sys
 import loader
