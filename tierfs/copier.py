@@ -86,6 +86,7 @@ def copy_file(
     progress: Callable[[int], None] | None = None,
     cancelled: threading.Event | None = None,
     pause_hook: Callable[[str], None] | None = None,
+    durable: bool = False,
 ) -> CopyResult:
     """Copy `source` to `final` through `temp`, verifying the copy.
 
@@ -101,6 +102,8 @@ def copy_file(
         cancelled: set it to stop the copy between chunks.
         pause_hook: called with a stage name at points where a crash matters (tests
             inject faults here).
+        durable: the tier is a block file system (a remote RAM disk): flush the copy to it
+            before the rename, and drop its pages from the local page cache.
 
     Raises:
         CopyCancelled: `cancelled` was set.
@@ -112,7 +115,7 @@ def copy_file(
     temp.parent.mkdir(parents=True, exist_ok=True)
     try:
         result = _copy_and_hash(
-            source, temp, expected_size, chunk, depth, progress, cancelled, pause_hook
+            source, temp, expected_size, chunk, depth, progress, cancelled, pause_hook, durable
         )
         if pause_hook:
             pause_hook("copy_written")
@@ -136,6 +139,7 @@ def _copy_and_hash(
     progress: Callable[[int], None] | None,
     cancelled: threading.Event | None,
     pause_hook: Callable[[str], None] | None,
+    durable: bool = False,
 ) -> CopyResult:
     try:
         src, direct = _open_source(source)
@@ -160,11 +164,29 @@ def _copy_and_hash(
             # one thread before the first read; the workers' writes do it in parallel,
             # overlapped with the reads.
             digest = _pipeline(src, dst, size, chunk, depth, direct, progress, cancelled, source)
+            if durable:
+                _flush_to_tier(dst, temp)
         finally:
             os.close(dst)
     finally:
         os.close(src)
     return CopyResult(xxh3=digest, size=size, direct_io=direct)
+
+
+def _flush_to_tier(fd: int, temp: Path) -> None:
+    # On a block tier the bytes sit in the local page cache until written back, and a
+    # write-back error only surfaces at fsync: it must, before the rename makes them hot.
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise CopyError(
+            f"flushing {temp} to its tier failed: {exc.strerror}",
+            path=str(temp),
+            errno=exc.errno or errno.EIO,
+        ) from None
+    # The tier holds the copy now; keeping its pages here would spend the local RAM that a
+    # remote tier exists to spare.
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _pipeline(

@@ -335,6 +335,7 @@ class Mover:
                         progress=job.add,
                         cancelled=job.cancel,
                         pause_hook=pause_point,
+                        durable=tier.durable,
                     )
                 )
             except (CopyError, OSError) as exc:

@@ -98,6 +98,11 @@ class Tier:
     def temp_path(self, file_id: int) -> Path:
         return self.tmp_root / f"{file_id}.{secrets.token_hex(6)}.part"
 
+    @property
+    def durable(self) -> bool:
+        """A block file system (a remote RAM disk), whose copies must be flushed to it."""
+        return self.fstype not in RAM_FSTYPES
+
     def free_bytes(self) -> int:
         """What the file system itself still has (the catalog tracks what we claimed)."""
         st = os.statvfs(self.root)

@@ -208,10 +208,18 @@ def hot_sum(report: dict[str, Any], tier: str) -> int:
 
 
 def tier_toml(
-    name: str, path: Path, size: str, *, rank: int = 0, mount_tmpfs: bool | None = None
+    name: str,
+    path: Path,
+    size: str,
+    *,
+    rank: int = 0,
+    mount_tmpfs: bool | None = None,
+    kind: str | None = None,
 ) -> str:
     lines = ["[[tier]]", f'name = "{name}"', f'path = "{path}"', f'size = "{size}"']
     lines.append(f"rank = {rank}")
+    if kind is not None:
+        lines.append(f'kind = "{kind}"')
     if mount_tmpfs is not None:
         lines.append(f"mount_tmpfs = {'true' if mount_tmpfs else 'false'}")
     return "\n".join(lines) + "\n"
