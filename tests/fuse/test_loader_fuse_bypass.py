@@ -53,6 +53,26 @@ def load_and_count(mount: Mount, backend: str | None) -> tuple[dict[str, object]
     return got, fuse_bytes(mount) - before, read_paths
 
 
+def tierfs_cli(mount: Mount, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tierfs", *args, "-c", str(mount.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def mount_with_ram_tier(
+    mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> tuple[Mount, Path]:
+    """A mount with one 64 MiB RAM tier and no promotion on open; returns it and the tier."""
+    tier = tmp_path / "ram0"
+    extra = f'[[tier]]\nname = "ram0"\npath = "{tier}"\nsize = "64M"\n'
+    extra += "[policy]\npromote_on_open = false\n"
+    return mount_factory([("disk", cold_store)], extra=extra), tier
+
+
 @pytest.mark.parametrize("backend", [None, "direct", "buffered", "mmap"])
 def test_bulk_bytes_bypass_fuse_from_a_cold_store(
     mount_factory: MountFactory, cold_store: Path, backend: str | None
@@ -70,18 +90,9 @@ def test_bulk_bytes_bypass_fuse_from_a_ram_tier(
     mount_factory: MountFactory, cold_store: Path, tmp_path: Path
 ) -> None:
     expected = write_checkpoint(cold_store)
-    tier = tmp_path / "ram0"
-    extra = f'[[tier]]\nname = "ram0"\npath = "{tier}"\nsize = "64M"\n'
-    extra += "[policy]\npromote_on_open = false\n"
-    mount = mount_factory([("disk", cold_store)], extra=extra)
+    mount, tier = mount_with_ram_tier(mount_factory, cold_store, tmp_path)
     try:
-        promoted = subprocess.run(
-            [sys.executable, "-m", "tierfs", "promote", MODEL, "--wait", "-c", str(mount.config)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert promoted.returncode == 0, promoted.stderr
+        tierfs_cli(mount, "promote", MODEL, "--wait")
         with loader.safe_open(mount.mountpoint / MODEL) as f:
             # On a RAM tier the loader maps the hot copy rather than reading it.
             assert set(f.backends.values()) == {"mmap"}, f.backends
@@ -94,25 +105,12 @@ def test_bulk_bytes_bypass_fuse_from_a_ram_tier(
         lazy_umount(tier)
 
 
-def tierfs_cli(mount: Mount, *args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tierfs", *args, "-c", str(mount.config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.mark.parametrize("backend", [None, "buffered", "direct"])
 def test_load_opened_on_a_ram_tier_survives_demotion_mid_load(
     mount_factory: MountFactory, cold_store: Path, tmp_path: Path, backend: str | None
 ) -> None:
     expected = write_checkpoint(cold_store)
-    tier = tmp_path / "ram0"
-    extra = f'[[tier]]\nname = "ram0"\npath = "{tier}"\nsize = "64M"\n'
-    extra += "[policy]\npromote_on_open = false\n"
-    mount = mount_factory([("disk", cold_store)], extra=extra)
+    mount, tier = mount_with_ram_tier(mount_factory, cold_store, tmp_path)
     try:
         tierfs_cli(mount, "promote", MODEL, "--wait")
         with loader.safe_open(
