@@ -15,15 +15,20 @@ from loader.session import safe_open
 log = logging.getLogger(__name__)
 
 
-def checkpoint_paths(model_dir: str) -> str | list[str]:
-    """The weights to load from a model directory: its index when it has one (which skips
-    stray consolidated files), else every ``*.safetensors`` file.
+def checkpoint_paths(model: str, revision: str | None = None) -> str | list[str]:
+    """The weights to load for ``model``: its index when it has one (which skips stray
+    consolidated files), else every ``*.safetensors`` file.
+
+    Args:
+        model: a local model directory, or a Hugging Face repo id (``org/name``) that is
+            resolved in the local hub cache (``$HF_HUB_CACHE``, which may be a tierfs
+            mount). Nothing is downloaded: a tierfs namespace is read-only.
+        revision: the branch, tag or commit of a repo id; default ``main``.
 
     Raises:
-        CheckpointError: the directory holds no safetensors weights.
+        CheckpointError: no such directory or cached repo, or it holds no safetensors weights.
     """
-    if not os.path.isdir(model_dir):
-        raise CheckpointError(model_dir, "not a local model directory")
+    model_dir = model if os.path.isdir(model) else _cached_snapshot(model, revision)
     index = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(index):
         return index
@@ -33,6 +38,34 @@ def checkpoint_paths(model_dir: str) -> str | list[str]:
     if not files:
         raise CheckpointError(model_dir, "no *.safetensors weights")
     return files
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> str:
+    try:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    except ImportError:
+        raise CheckpointError(
+            repo_id, "not a local model directory (and huggingface_hub is not installed)"
+        ) from None
+    try:
+        return str(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                local_files_only=True,
+                allow_patterns=["*.safetensors", "*.json"],
+            )
+        )
+    except HFValidationError:
+        raise CheckpointError(repo_id, "not a local model directory or a repo id") from None
+    except LocalEntryNotFoundError:
+        rev = f" at revision {revision!r}" if revision else ""
+        raise CheckpointError(
+            repo_id,
+            f"not a local model directory, and not in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE}{rev}",
+        ) from None
 
 
 def iter_weights(

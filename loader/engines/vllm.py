@@ -51,7 +51,8 @@ def make_loader_class(base: type) -> type:
         """Loads safetensors checkpoints with ``loader`` (tierfs-aware, storage-speed)."""
 
         def download_model(self, model_config: Any) -> None:
-            checkpoint_paths(model_config.model)
+            # Only checks the weights are there: a tierfs namespace is read-only.
+            checkpoint_paths(model_config.model, getattr(model_config, "revision", None))
 
         def load_weights(self, model: Any, model_config: Any) -> None:
             opts = _options(self.load_config)
@@ -62,7 +63,10 @@ def make_loader_class(base: type) -> type:
             wanted = {name for name, _ in model.named_parameters()}
             loaded = model.load_weights(
                 iter_weights(
-                    checkpoint_paths(model_config.model), device=device, process_group=group, **opts
+                    checkpoint_paths(model_config.model, getattr(model_config, "revision", None)),
+                    device=device,
+                    process_group=group,
+                    **opts,
                 )
             )
             # Same check as vLLM's default loader: unquantized models must be complete.

@@ -147,3 +147,58 @@ def test_checkpoint_paths_prefers_index(tmp_path: Path) -> None:
     assert checkpoint_paths(str(tmp_path)) == [str(tmp_path / "model.safetensors")]
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {}}')
     assert checkpoint_paths(str(tmp_path)).endswith("index.json")
+
+
+def _hub_cache(root: Path, repo: str, commit: str) -> dict[str, torch.Tensor]:
+    """A Hugging Face hub cache holding ``repo`` at ``commit`` (= refs/main), as the hub's
+    own client lays it out: blobs by etag, snapshot symlinks into them."""
+    ref = {"a": torch.randn(4, 8), "b": torch.randn(3)}
+    repo_dir = root / ("models--" + repo.replace("/", "--"))
+    (repo_dir / "blobs").mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file(ref, str(repo_dir / "blobs" / "etag-weights"))
+    (repo_dir / "blobs" / "etag-config").write_text('{"model_type": "tiny"}')
+    (snapshot / "model.safetensors").symlink_to("../../blobs/etag-weights")
+    (snapshot / "config.json").symlink_to("../../blobs/etag-config")
+    return ref
+
+
+def test_vllm_repo_id_resolves_through_the_hub_cache(
+    fake_vllm: dict[str, type], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from loader.engines.vllm import register
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    ref = _hub_cache(tmp_path / "hub", "org/tiny", commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    register()
+    inst = fake_vllm["tierfs"](types.SimpleNamespace(model_loader_extra_config=None))
+    for revision in (None, "main", commit):
+        model_config = types.SimpleNamespace(model="org/tiny", revision=revision, quantization=None)
+        inst.download_model(model_config)
+        model = TinyModel()
+        inst.load_weights(model, model_config)
+        assert digest(model.a.data) == digest(ref["a"])
+        assert digest(model.b.data) == digest(ref["b"])
+
+
+def test_uncached_repo_id_is_an_error_naming_the_repo_and_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from loader import CheckpointError
+
+    _hub_cache(tmp_path / "hub", "org/tiny", "0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError, match=r"org/other.*Hugging Face cache .*hub"):
+        checkpoint_paths("org/other")
+    with pytest.raises(CheckpointError, match=r"org/tiny.*revision 'v2'"):
+        checkpoint_paths("org/tiny", "v2")
+    with pytest.raises(CheckpointError, match="not a local model directory or a repo id"):
+        checkpoint_paths(str(tmp_path / "no" / "such" / "dir"))
