@@ -176,3 +176,30 @@ def test_loader_falls_back_through_the_mount_when_the_backing_copy_is_out_of_rea
     assert fuse_bytes(mount) - before >= 16 << 20
     # The cold store in our own namespace was never touched by the bind mount.
     assert (cold_store / MODEL / "config.json").exists()
+
+
+def test_repo_id_in_a_hub_cache_on_tierfs_loads_around_fuse(
+    demo_mount: Mount, demo_cold: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `vllm serve org/name --load-format tierfs` does with HF_HUB_CACHE on the mount:
+    the repo id resolves through the mount's snapshot symlinks, and the loader then reads the
+    blobs' backing files, not the mount."""
+    from huggingface_hub import constants
+    from safetensors.torch import load_file
+
+    from loader.engines import checkpoint_paths, iter_weights
+    from tierfs.demo import HUB_REPO_ID
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(demo_mount.mountpoint / "hub"))
+    paths = checkpoint_paths(HUB_REPO_ID)
+    assert isinstance(paths, list), paths  # the demo repo has no index
+    files = [Path(p) for p in paths]
+    assert files and all(p.is_relative_to(demo_mount.mountpoint / "hub") for p in files)
+    want: dict[str, object] = {}
+    for p in files:
+        cold = demo_cold / p.resolve().relative_to(demo_mount.mountpoint)
+        want.update({k: digest(v) for k, v in load_file(cold).items()})
+    before = fuse_bytes(demo_mount)
+    got = {k: digest(v) for k, v in iter_weights(paths, backend="buffered")}
+    assert got == want
+    assert fuse_bytes(demo_mount) == before
