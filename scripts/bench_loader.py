@@ -309,6 +309,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = "cuda:0" if args.device == "cuda" else args.device
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: this torch sees no CUDA device")
     methods = (args.methods or ",".join(METHODS if device == "cpu" else CUDA_METHODS)).split(",")
     scenarios = args.scenarios.split(",")
     disk, shm = Path(args.disk_dir), Path(args.tmpfs_dir)
@@ -338,8 +343,6 @@ def main() -> None:
         "runs": {},
     }
     if device != "cpu":
-        import torch
-
         results["machine"]["gpu"] = torch.cuda.get_device_name(device)
         results["machine"]["torch"] = torch.__version__
     ceilings = []
