@@ -5,6 +5,8 @@ pipeline's logic runs here; the real device path is covered by the ``gpu`` tests
 from __future__ import annotations
 
 import contextlib
+import os
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import torch
 import xxhash
 
 import loader
-from loader.memory import BufferPool, HostBuffer
+from loader.memory import BufferPool, HostBuffer, tensor_bytes
 from loader.pipeline import Pipeline
 from loader.plan import FileSpec, build_plan
 from tests.loader_testutil import all_dtypes, digest, random_tensor, write_raw
@@ -124,3 +126,94 @@ def test_staging_ring_detects_mismatch(tmp_path: Path, fake_cuda: FakeStream) ->
             pipe._scatter_in_worker = False
             with pytest.raises(loader.IntegrityError, match=r"s\.safetensors"):
                 list(pipe)
+
+
+class PreadCuFile:
+    """Stands in for kvikio's ``CuFile``: ``pread`` into the destination from a worker
+    thread, returning a handle with ``get()``; ``short`` cuts one tensor's read short."""
+
+    def __init__(self, fd: int, ex: ThreadPoolExecutor, short: str | None = None) -> None:
+        self.fd, self.ex, self.short = fd, ex, short
+        self.targets: list[int] = []
+
+    def read_device(self, dst: torch.Tensor, offset: int) -> Any:
+        self.targets.append(dst.data_ptr())
+        view = tensor_bytes(dst.reshape(-1))
+        if self.short is not None and dst.numel() == 1000:
+            view = view[:-1]
+        fut = self.ex.submit(os.preadv, self.fd, [view], offset)
+        return types.SimpleNamespace(get=fut.result)
+
+    def close(self) -> None:
+        """The resolved fd belongs to the session, which closes it."""
+
+
+def _device_pipeline(
+    f: Any, ex: ThreadPoolExecutor, copy_stream: FakeStream, verify: bool
+) -> Pipeline:
+    plan = build_plan([FileSpec(f.files[0].header, 1 << 20, None, "device")])
+    return Pipeline(
+        f.files,
+        plan,
+        device=torch.device("cpu"),
+        copy=True,
+        executor=ex,
+        pool=BufferPool(1 << 20, lambda n: HostBuffer(n)),
+        window=2,
+        verify=verify,
+        copy_stream=copy_stream,
+    )
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_device_direct_path(
+    tmp_path: Path, fake_cuda: FakeStream, monkeypatch: pytest.MonkeyPatch, verify: bool
+) -> None:
+    """The gds path's bookkeeping: destinations allocated under the copy stream and marked
+    as used by the consumer's, reads submitted ahead, completed in order, hashed."""
+    allocated_under: list[bool] = []
+    inside = {"copy": False}
+
+    class TrackingStream(FakeStream):
+        def __enter__(self) -> None:
+            inside["copy"] = True
+
+        def __exit__(self, *exc: object) -> None:
+            inside["copy"] = False
+
+    copy_stream = TrackingStream()
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: s)
+    real_empty = torch.empty
+
+    def tracking_empty(*args: Any, **kwargs: Any) -> torch.Tensor:
+        allocated_under.append(inside["copy"])
+        return real_empty(*args, **kwargs)
+
+    recorded: list[object] = []
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: recorded.append(s))
+    g = torch.Generator().manual_seed(5)
+    tensors = [(f"t{i}", random_tensor(torch.bfloat16, (37, 29 + i), g)) for i in range(40)]
+    tensors += [("odd", random_tensor(torch.int8, (1000,), g))]
+    p = tmp_path / "d.safetensors"
+    write_raw(p, tensors)
+    with loader.safe_open(p, backend="buffered") as f, ThreadPoolExecutor(3) as ex:
+        f.files[0].rf.xxh3 = xxhash.xxh3_128_hexdigest(p.read_bytes())
+        fake_file = PreadCuFile(f.files[0].rf.fd, ex)
+        f.files[0].bf = fake_file  # type: ignore[assignment]
+        pipe = _device_pipeline(f, ex, copy_stream, verify)
+        monkeypatch.setattr(torch, "empty", tracking_empty)
+        got = {k: digest(v) for k, v in pipe}
+    assert got == {k: digest(v) for k, v in tensors}
+    assert len(fake_file.targets) == len(tensors)
+    assert allocated_under and all(allocated_under), "a destination came from another pool"
+    assert len(recorded) == len(tensors) and all(s is fake_cuda for s in recorded)
+
+
+def test_device_direct_short_read_names_the_tensor(tmp_path: Path, fake_cuda: FakeStream) -> None:
+    p = tmp_path / "d.safetensors"
+    write_raw(p, [("fine", torch.ones(64)), ("cut", torch.ones(1000, dtype=torch.int8))])
+    with loader.safe_open(p, backend="buffered") as f, ThreadPoolExecutor(2) as ex:
+        f.files[0].bf = PreadCuFile(f.files[0].rf.fd, ex, short="cut")  # type: ignore[assignment]
+        pipe = _device_pipeline(f, ex, FakeStream(), verify=False)
+        with pytest.raises(loader.LoaderIOError, match=r"short device read of 'cut': 999 of 1000"):
+            list(pipe)
