@@ -1,6 +1,7 @@
 """The CUDA staging path (pinned ring, H2D pieces, events recycling buffers, hashing before
-the copy) exercised on CPU: torch.cuda's stream/event API is replaced by stand-ins, so the
-pipeline's logic runs here; the real device path is covered by the ``gpu`` tests."""
+the copy) and the gds device-direct path, exercised on CPU: torch.cuda's stream/event API and
+kvikio's CuFile are replaced by stand-ins, so the pipeline's bookkeeping runs here; the real
+device paths are covered by the ``gpu`` tests."""
 
 from __future__ import annotations
 
