@@ -196,3 +196,14 @@ def test_refused_mountpoint_unmounts_the_fresh_tier_tmpfs_but_keeps_an_existing_
         assert result.returncode != 0 and "does not exist" in result.stderr
         assert [m[0] for m in tu.mounts_under(fresh)] == [str(fresh.resolve())]
         assert (fresh / "keep").read_bytes() == b"hot"
+
+
+def test_offline_fsck_leaves_no_tmpfs_it_mounted_behind(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    fresh = tier_guard / "ram0"
+    mount = config_with(mount_factory, cold_store, fresh, "64M", mount_tmpfs=True)
+    result = tu.cli(mount.config, "fsck", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "fsck: clean" in result.stdout
+    assert not tu.mounts_under(tmp_path), "offline fsck left its tmpfs mounted"
