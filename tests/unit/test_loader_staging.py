@@ -105,6 +105,23 @@ def test_staging_ring_path(tmp_path: Path, fake_cuda: FakeStream, verify: bool) 
     assert len(plan.requests) > 4  # the ring really was recycled
 
 
+def _pipeline(
+    f: Any, plan: Any, ex: ThreadPoolExecutor, copy_stream: FakeStream, verify: bool
+) -> Pipeline:
+    """A CPU-device pipeline over ``f``'s files with a 1 MiB pool and two reads in flight."""
+    return Pipeline(
+        f.files,
+        plan,
+        device=torch.device("cpu"),
+        copy=True,
+        executor=ex,
+        pool=BufferPool(1 << 20, lambda n: HostBuffer(n)),
+        window=2,
+        verify=verify,
+        copy_stream=copy_stream,
+    )
+
+
 def test_staging_ring_detects_mismatch(tmp_path: Path, fake_cuda: FakeStream) -> None:
     p = tmp_path / "s.safetensors"
     write_raw(p, [("a", torch.arange(100000, dtype=torch.float32))])
@@ -112,17 +129,7 @@ def test_staging_ring_detects_mismatch(tmp_path: Path, fake_cuda: FakeStream) ->
         f.files[0].rf.xxh3 = "0" * 32
         plan = build_plan([FileSpec(f.files[0].header, 64 * 1024, None)])
         with ThreadPoolExecutor(2) as ex:
-            pipe = Pipeline(
-                f.files,
-                plan,
-                device=torch.device("cpu"),
-                copy=True,
-                executor=ex,
-                pool=BufferPool(1 << 20, lambda n: HostBuffer(n)),
-                window=2,
-                verify=True,
-                copy_stream=FakeStream(),
-            )
+            pipe = _pipeline(f, plan, ex, FakeStream(), verify=True)
             pipe.cpu = False
             pipe._scatter_in_worker = False
             with pytest.raises(loader.IntegrityError, match=r"s\.safetensors"):
@@ -131,16 +138,17 @@ def test_staging_ring_detects_mismatch(tmp_path: Path, fake_cuda: FakeStream) ->
 
 class PreadCuFile:
     """Stands in for kvikio's ``CuFile``: ``pread`` into the destination from a worker
-    thread, returning a handle with ``get()``; ``short`` cuts one tensor's read short."""
+    thread, returning a handle with ``get()``; the read of a tensor of ``short_numel``
+    elements comes up one byte short."""
 
-    def __init__(self, fd: int, ex: ThreadPoolExecutor, short: str | None = None) -> None:
-        self.fd, self.ex, self.short = fd, ex, short
+    def __init__(self, fd: int, ex: ThreadPoolExecutor, short_numel: int | None = None) -> None:
+        self.fd, self.ex, self.short_numel = fd, ex, short_numel
         self.targets: list[int] = []
 
     def read_device(self, dst: torch.Tensor, offset: int) -> Any:
         self.targets.append(dst.data_ptr())
         view = tensor_bytes(dst.reshape(-1))
-        if self.short is not None and dst.numel() == 1000:
+        if dst.numel() == self.short_numel:
             view = view[:-1]
         fut = self.ex.submit(os.preadv, self.fd, [view], offset)
         return types.SimpleNamespace(get=fut.result)
@@ -153,17 +161,7 @@ def _device_pipeline(
     f: Any, ex: ThreadPoolExecutor, copy_stream: FakeStream, verify: bool
 ) -> Pipeline:
     plan = build_plan([FileSpec(f.files[0].header, 1 << 20, None, "device")])
-    return Pipeline(
-        f.files,
-        plan,
-        device=torch.device("cpu"),
-        copy=True,
-        executor=ex,
-        pool=BufferPool(1 << 20, lambda n: HostBuffer(n)),
-        window=2,
-        verify=verify,
-        copy_stream=copy_stream,
-    )
+    return _pipeline(f, plan, ex, copy_stream, verify)
 
 
 @pytest.mark.parametrize("verify", [False, True])
@@ -214,7 +212,7 @@ def test_device_direct_short_read_names_the_tensor(tmp_path: Path, fake_cuda: Fa
     p = tmp_path / "d.safetensors"
     write_raw(p, [("fine", torch.ones(64)), ("cut", torch.ones(1000, dtype=torch.int8))])
     with loader.safe_open(p, backend="buffered") as f, ThreadPoolExecutor(2) as ex:
-        f.files[0].bf = PreadCuFile(f.files[0].rf.fd, ex, short="cut")  # type: ignore[assignment]
+        f.files[0].bf = PreadCuFile(f.files[0].rf.fd, ex, short_numel=1000)  # type: ignore[assignment]
         pipe = _device_pipeline(f, ex, FakeStream(), verify=False)
         with pytest.raises(loader.LoaderIOError, match=r"short device read of 'cut': 999 of 1000"):
             list(pipe)
