@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 import loader
 from tests.fuse.conftest import Mount, MountFactory
-from tests.fuse.tierutil import lazy_umount
+from tests.fuse.tierutil import cli_ok, lazy_umount
 from tests.loader_testutil import digest
 
 MODEL = "ckpt"
@@ -53,16 +53,6 @@ def load_and_count(mount: Mount, backend: str | None) -> tuple[dict[str, object]
     return got, fuse_bytes(mount) - before, read_paths
 
 
-def tierfs_cli(mount: Mount, *args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tierfs", *args, "-c", str(mount.config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def mount_with_ram_tier(
     mount_factory: MountFactory, cold_store: Path, tmp_path: Path
 ) -> tuple[Mount, Path]:
@@ -92,7 +82,7 @@ def test_bulk_bytes_bypass_fuse_from_a_ram_tier(
     expected = write_checkpoint(cold_store)
     mount, tier = mount_with_ram_tier(mount_factory, cold_store, tmp_path)
     try:
-        tierfs_cli(mount, "promote", MODEL, "--wait")
+        cli_ok(mount.config, "promote", MODEL, "--wait")
         with loader.safe_open(mount.mountpoint / MODEL) as f:
             # On a RAM tier the loader maps the hot copy rather than reading it.
             assert set(f.backends.values()) == {"mmap"}, f.backends
@@ -112,7 +102,7 @@ def test_load_opened_on_a_ram_tier_survives_demotion_mid_load(
     expected = write_checkpoint(cold_store)
     mount, tier = mount_with_ram_tier(mount_factory, cold_store, tmp_path)
     try:
-        tierfs_cli(mount, "promote", MODEL, "--wait")
+        cli_ok(mount.config, "promote", MODEL, "--wait")
         with loader.safe_open(
             mount.mountpoint / MODEL, backend=backend, verify=True, chunk_size="1M", threads=1
         ) as f:
@@ -127,7 +117,7 @@ def test_load_opened_on_a_ram_tier_survives_demotion_mid_load(
                 assert stats.bytes_read < 8 << 20, stats.bytes_read
             # The hot copies are deleted while the load is under way: the open fds (and
             # mappings) keep the old, immutable bytes, and the hash still checks out.
-            tierfs_cli(mount, "demote", MODEL)
+            cli_ok(mount.config, "demote", MODEL)
             assert not any((tier / "hot").rglob("*.safetensors")), "demote left hot copies"
             got.update(it)
         assert {k: digest(v) for k, v in got.items()} == expected

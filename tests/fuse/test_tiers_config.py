@@ -19,11 +19,15 @@ tier_guard = tu.tier_guard
 pytestmark = pytest.mark.timeout(120)
 
 
+def cold_model(cold: Path) -> None:
+    (cold / "m").mkdir(exist_ok=True)
+    (cold / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+
+
 def config_with(
     mount_factory: MountFactory, cold: Path, path: Path, size: str, mount_tmpfs: bool | None
 ) -> Mount:
-    (cold / "m").mkdir(exist_ok=True)
-    (cold / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+    cold_model(cold)
     extra = tu.tier_toml("ram0", path, size, mount_tmpfs=mount_tmpfs)
     return mount_factory([("c", cold)], extra=extra, start=False)
 
@@ -161,8 +165,7 @@ def test_tier_overlapping_cold_store_or_mountpoint(
 def test_refused_start_unmounts_the_tmpfs_it_mounted_for_an_earlier_tier(
     tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
 ) -> None:
-    (cold_store / "m").mkdir(exist_ok=True)
-    (cold_store / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+    cold_model(cold_store)
     fresh = tier_guard / "ram0"  # tierfs mounts a tmpfs here
     on_disk = tmp_path / "on-disk"  # then refuses this one: not RAM-backed
     on_disk.mkdir()
@@ -180,8 +183,6 @@ def test_refused_start_unmounts_the_tmpfs_it_mounted_for_an_earlier_tier(
 def test_refused_mountpoint_unmounts_the_fresh_tier_tmpfs_but_keeps_an_existing_one(
     tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
 ) -> None:
-    (cold_store / "m").mkdir(exist_ok=True)
-    (cold_store / "m" / "a.safetensors").write_bytes(b"x" * 4096)
     fresh = tier_guard / "ram0"
     mount = config_with(mount_factory, cold_store, fresh, "64M", mount_tmpfs=True)
     mount.mountpoint.rmdir()
