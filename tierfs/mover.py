@@ -356,8 +356,7 @@ class Mover:
             f.record.id,
             tier.name,
             result.xxh3,
-            f.record.size,
-            f.record.mtime_ns,
+            f.record.identity,
         )
         if not accepted:
             # Demoted or changed underneath while we copied: the copy must not serve.
@@ -375,9 +374,7 @@ class Mover:
                 node = self.namespace.resolve(relpath)
                 if node.kind is not Kind.FILE:
                     continue
-                record = self.catalog.sync_file(
-                    node.store, node.relpath, node.attrs.size, node.attrs.mtime_ns
-                )
+                record = self.catalog.sync_file(node.store, node.relpath, node.attrs.identity)
                 out.append(ModelFile(node, record))
             return out
 
