@@ -371,17 +371,20 @@ def fsck(
     else:
         from tierfs.catalog import Catalog
         from tierfs.fsck import check
+        from tierfs.statedir import StateDir
         from tierfs.tiers import prepare_tiers, release_fresh_tiers
 
-        tiers = prepare_tiers(cfg.tier)
-        try:
-            with Catalog(cfg.catalog_path) as catalog:
-                stores = {c.name: c.path for c in cfg.cold}
-                report = check(catalog, tiers, stores, deep=deep).to_json()
-        finally:
-            # An offline check leaves the machine as it found it: a tier tmpfs it had to
-            # mount (after a reboot, say) is empty, and the next mount makes its own.
-            release_fresh_tiers(tiers)
+        # Held throughout, so that no daemon starts on the catalog while it is repaired.
+        with StateDir(cfg.state_dir, "tierfs fsck"):
+            tiers = prepare_tiers(cfg.tier)
+            try:
+                with Catalog(cfg.catalog_path) as catalog:
+                    stores = {c.name: c.path for c in cfg.cold}
+                    report = check(catalog, tiers, stores, deep=deep).to_json()
+            finally:
+                # An offline check leaves the machine as it found it: a tier tmpfs it had
+                # to mount (after a reboot, say) is empty, and the next mount makes its own.
+                release_fresh_tiers(tiers)
     for finding in report["findings"]:
         out.print(f"{finding['path']}: {finding['problem']} ({finding['action']})", markup=False)
     hashed = f", {format_size(report['bytes_hashed'])} re-hashed" if deep else ""

@@ -32,6 +32,7 @@ from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
 from tierfs.placement import Placement
 from tierfs.readpath import ReadPath
+from tierfs.statedir import StateDir
 from tierfs.status import build_report
 from tierfs.tiers import prepare_tiers, release_fresh_tiers
 
@@ -213,11 +214,14 @@ class Daemon:
     def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
         self.config = config
         self._on_ready = on_ready
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(config.state_dir, 0o700)
-        # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
-        self.catalog = Catalog(config.catalog_path)
-        self.tiers = prepare_tiers(config.tier)
+        self.state = StateDir(config.state_dir, "tierfs mount")
+        try:
+            # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
+            self.catalog = Catalog(config.catalog_path)
+            self.tiers = prepare_tiers(config.tier)
+        except BaseException:
+            self.state.close()
+            raise
         self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         self.placement = Placement(self.catalog)
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
@@ -272,6 +276,7 @@ class Daemon:
                 self._mounted = False
                 log.info("unmounted %s", mountpoint)
             self.catalog.close()
+            self.state.close()
 
     def _fuse_init(self, mountpoint: Path) -> None:
         try:

@@ -5,6 +5,7 @@ And the happy path: tierfs mounts its own tmpfs, of the configured size, where a
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -208,3 +209,32 @@ def test_offline_fsck_leaves_no_tmpfs_it_mounted_behind(
     assert result.returncode == 0, result.stderr
     assert "fsck: clean" in result.stdout
     assert not tu.mounts_under(tmp_path), "offline fsck left its tmpfs mounted"
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("planted", ["tier_root", "hot_dir", "hot_copy", "mode"])
+def test_a_tier_another_user_owns_or_can_write_is_refused(
+    planted: str, tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    # A shared 1777 tmpfs, like /dev/shm, where any user may have made the tier first.
+    with tu.tmpfs_at(tier_guard / "shm", "64M", mode="1777") as shm:
+        path = shm / "ram0"
+        path.mkdir(mode=0o700)
+        needle = "belongs to uid 65534"
+        if planted == "tier_root":
+            os.chown(path, NOBODY, NOBODY)
+        elif planted == "hot_dir":
+            (path / "hot").mkdir()
+            os.chown(path / "hot", NOBODY, NOBODY)
+        elif planted == "hot_copy":
+            copy = path / "hot" / "c" / "m" / "a.safetensors"
+            copy.parent.mkdir(parents=True)
+            copy.write_bytes(b"evil" * 1024)
+            os.chown(copy, NOBODY, NOBODY)
+        else:
+            os.chmod(path, 0o777)
+            needle = "writable by other users (mode 0777)"
+        mount = config_with(mount_factory, cold_store, path, "32M", mount_tmpfs=False)
+        refused(mount, tmp_path, str(path), needle)
