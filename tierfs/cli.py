@@ -58,7 +58,6 @@ ConfigOption = Annotated[
         "--config",
         "-c",
         help=f"Config file [default: $TIERFS_CONFIG or {DEFAULT_CONFIG_PATH}]",
-        dir_okay=False,
     ),
 ]
 

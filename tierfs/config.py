@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/tierfs/config.toml")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
 _SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Sizes end up in off_t and in tmpfs's size=, both signed 64-bit.
+MAX_SIZE = (1 << 63) - 1
 
 
 def parse_size(value: object) -> int:
@@ -52,13 +55,32 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")
-        return value
+        return _bounded(value, value)
     if isinstance(value, str):
         match = _SIZE_RE.match(value)
         if match:
             number, unit, _suffix = match.groups()
-            return int(float(number) * (1 << _SIZE_SHIFT[unit.lower()]))
-    raise ValueError(f"expected a size like '200G' or '512MiB', got {value!r}")
+            if len(number.partition(".")[0].lstrip("0")) > 20:
+                return _bounded(MAX_SIZE + 1, value)
+            # Decimal, not float: a float of many digits overflows or loses bytes.
+            return _bounded(int(Decimal(number) * (1 << _SIZE_SHIFT[unit.lower()])), value)
+    raise ValueError(f"expected a size like '200G' or '512MiB', got {_short(value)}")
+
+
+def _bounded(size: int, value: object) -> int:
+    if size > MAX_SIZE:
+        raise ValueError(f"size {_short(value)} is too large (at most 8 EiB)")
+    return size
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def physical_memory() -> int:
+    """Bytes of RAM in this machine."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def format_size(n: float) -> str:
@@ -150,6 +172,18 @@ class TierConfig(_Strict):
             raise ValueError(f"{value} bytes is too small for a tier (at least 1MiB)")
         return value
 
+    @model_validator(mode="after")
+    def _fits_in_ram(self) -> TierConfig:
+        # A tmpfs may be given any size, and fills RAM and swap until the OOM killer
+        # picks a victim. A remote tier's size is another host's business.
+        ram = physical_memory()
+        if self.kind == "ram" and self.size > ram:
+            raise ValueError(
+                f"size {format_size(self.size)} of ram tier {self.name!r} exceeds this "
+                f"machine's RAM ({format_size(ram)})"
+            )
+        return self
+
 
 class PolicyConfig(_Strict):
     """When models move between tiers by themselves."""
@@ -214,6 +248,13 @@ class Config(_Strict):
             raise ValueError(f"{str(value)!r} is not an absolute path")
         return value
 
+    @field_validator("state_dir")
+    @classmethod
+    def _directory_or_missing(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)!r} exists and is not a directory")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         _unique([c.name for c in self.cold], "cold", "name")
@@ -228,14 +269,39 @@ class Config(_Strict):
                 raise ValueError(
                     f"mountpoint {str(self.mountpoint)!r} overlaps cold store {store.name!r}"
                 )
-        for tier in self.tier:
+        for i, tier in enumerate(self.tier):
             where = f"tier {tier.name!r} at {str(tier.path)!r}"
             for store in self.cold:
                 if _is_within(tier.path, store.path) or _is_within(store.path, tier.path):
                     raise ValueError(f"{where} overlaps cold store {store.name!r}")
             if _is_within(tier.path, self.mountpoint) or _is_within(self.mountpoint, tier.path):
                 raise ValueError(f"{where} overlaps mountpoint {str(self.mountpoint)!r}")
+            for other in self.tier[i + 1 :]:
+                if _is_within(tier.path, other.path) or _is_within(other.path, tier.path):
+                    raise ValueError(f"{where} overlaps tier {other.name!r}")
+            if _is_within(self.state_dir, tier.path) or _is_within(tier.path, self.state_dir):
+                raise ValueError(f"{where} overlaps state_dir {str(self.state_dir)!r}")
+        self._state_dir_apart()
+        if self.allow_other and not self.default_permissions:
+            # Without the kernel's mode checks, every local user reads every file.
+            raise ValueError(
+                "allow_other = true needs default_permissions = true, or every local "
+                "user can read every file of the mount, whatever its mode"
+            )
         return self
+
+    def _state_dir_apart(self) -> None:
+        state = self.state_dir
+        # The daemon creates it before it answers the kernel's FUSE INIT: inside its own
+        # mount, that mkdir would wait forever on the daemon itself.
+        if _is_within(state, self.mountpoint):
+            raise ValueError(
+                f"state_dir {str(state)!r} lies inside mountpoint {str(self.mountpoint)!r}"
+            )
+        for store in self.cold:
+            # Cold storage is never written; the catalog is.
+            if _is_within(state, store.path):
+                raise ValueError(f"state_dir {str(state)!r} lies inside cold store {store.name!r}")
 
     @property
     def catalog_path(self) -> Path:
@@ -293,7 +359,7 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Confi
         elif first["type"] == "missing":
             message = "required key is missing"
         elif "input" in first and first["type"].endswith("_type"):
-            message = f"{message} (got {first['input']!r})"
+            message = f"{message} (got {_short(first['input'])})"
         more = len(exc.errors()) - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -322,6 +388,8 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(f"not UTF-8 text ({exc.reason})", path=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", path=str(path)) from None
+    except RecursionError:
+        raise ConfigError("invalid TOML: nested too deeply", path=str(path)) from None
     return config_from_dict(data, source=str(path))
 
 
