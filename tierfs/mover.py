@@ -38,6 +38,10 @@ from tierfs.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
 
+# Finished jobs kept for `tierfs status` and the API; older ones are forgotten, so the
+# history (and every status answer) stays small however long the mount runs.
+JOB_HISTORY = 100
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -318,6 +322,12 @@ class Mover:
             job.finished = time.time()
             self._active.pop(model.name, None)
             job.ended.set()
+            self._forget_old_jobs()
+
+    def _forget_old_jobs(self) -> None:
+        finished = [j.id for j in self._jobs.values() if not j.active]
+        for job_id in sorted(finished)[:-JOB_HISTORY]:
+            del self._jobs[job_id]
 
     async def _copy_one(self, job: Job, f: ModelFile, tier: Tier) -> None:
         final = tier.hot_path(*f.key)
