@@ -19,6 +19,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tierfs import __version__
@@ -46,8 +47,10 @@ config_app = typer.Typer(help="Check or show the configuration.", no_args_is_hel
 app.add_typer(config_app, name="config")
 
 # Piped output is read by scripts and people alike: never cut model names to fit 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
+# Names come from file systems and users: no emoji codes, and markup only in our own
+# text (every name goes through `_e`).
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +83,11 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _e(value: object) -> str:
+    """A name or path, shown as it is: rich markup in it is not markup."""
+    return escape(str(value))
 
 
 def _config(path: Path | None) -> Config:
@@ -129,7 +137,7 @@ def mount(
     config_path = (config or Path(os.environ.get("TIERFS_CONFIG", DEFAULT_CONFIG_PATH))).resolve()
     log_file = cfg.state_dir / "tierfs.log"
     pid = spawn_daemon(config_path, cfg, log_file)
-    out.print(f"tierfs mounted at {cfg.mountpoint} (pid {pid}, log {log_file})")
+    out.print(f"tierfs mounted at {_e(cfg.mountpoint)} (pid {pid}, log {_e(log_file)})")
 
 
 @app.command()
@@ -146,7 +154,7 @@ def unmount(
     if not is_tierfs(mount_entry(target)):
         raise MountError(f"no tierfs is mounted at {target}", path=str(target))
     lazy_unmount(target)
-    out.print(f"unmounted {target}")
+    out.print(f"unmounted {_e(target)}")
 
 
 @app.command()
@@ -185,12 +193,12 @@ def _ago(ts: float | None) -> str:
 
 def _print_report(data: dict[str, Any]) -> None:
     state = "[green]mounted[/green]" if data["running"] else "[yellow]not mounted[/yellow]"
-    out.print(f"[bold]tierfs[/bold] {data['mountpoint']} ({state})")
+    out.print(f"[bold]tierfs[/bold] {_e(data['mountpoint'])} ({state})")
     stores = Table(title="Cold stores (read-only)", title_justify="left", box=None)
     for column in ("name", "path"):
         stores.add_column(column)
     for store in data["cold"]:
-        stores.add_row(store["name"], store["path"])
+        stores.add_row(_e(store["name"]), _e(store["path"]))
     out.print(stores)
     if data["tiers"]:
         tiers = Table(title="Tiers", title_justify="left", box=None)
@@ -200,13 +208,13 @@ def _print_report(data: dict[str, Any]) -> None:
             )
         for t in data["tiers"]:
             tiers.add_row(
-                t["name"],
+                _e(t["name"]),
                 t["kind"],
                 str(t["rank"]),
                 format_size(t["size"]),
                 format_size(t["used"]),
                 format_size(t["free"]),
-                t["path"],
+                _e(t["path"]),
             )
         out.print(tiers)
     models = Table(title="Models", title_justify="left", box=None)
@@ -215,13 +223,13 @@ def _print_report(data: dict[str, Any]) -> None:
     for m in data["models"]:
         pinned = (m["pin_tier"] or "yes") if m["pinned"] else ""
         models.add_row(
-            m["name"],
+            _e(m["name"]),
             m["kind"],
             format_size(m["size"]),
             str(len(m["files"])),
             m["state"],
-            ",".join(m["tiers"]),
-            pinned,
+            _e(",".join(m["tiers"])),
+            _e(pinned),
             _ago(m["last_access"]),
         )
     out.print(models)
@@ -236,7 +244,7 @@ def _print_report(data: dict[str, Any]) -> None:
         for j in active:
             pct = 100 * j["bytes_done"] / j["bytes_total"] if j["bytes_total"] else 100.0
             out.print(
-                f"  {j['model']} -> {j['tier']}: {pct:.0f}% of "
+                f"  {_e(j['model'])} -> {_e(j['tier'])}: {pct:.0f}% of "
                 f"{format_size(j['bytes_total'])}, {j['rate'] / 1e9:.2f} GB/s"
             )
     if data["conflicts"]:
@@ -280,7 +288,7 @@ def promote(
     with _client(cfg) as client:
         job = client.promote(model, tier)
         if not wait:
-            out.print(f"promoting {job['model']} to {job['tier']} (job {job['id']})")
+            out.print(f"promoting {_e(job['model'])} to {_e(job['tier'])} (job {job['id']})")
             return
         job = _follow(client, job)
         if job["state"] != "done":
@@ -293,7 +301,7 @@ def promote(
 
             state = final["state"] if final else "gone"
             raise ControlError(f"{job['model']} is {state} after its promotion")
-        out.print(f"{job['model']} is hot on {job['tier']}")
+        out.print(f"{_e(job['model'])} is hot on {_e(job['tier'])}")
 
 
 def _follow(client: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -314,7 +322,9 @@ def _follow(client: Any, job: dict[str, Any]) -> dict[str, Any]:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(f"{job['model']} -> {job['tier']}", total=job["bytes_total"])
+        task = progress.add_task(
+            f"{_e(job['model'])} -> {_e(job['tier'])}", total=job["bytes_total"]
+        )
         while job["state"] in ("queued", "running"):
             time.sleep(0.2)
             job = client.job(job["id"])
@@ -329,7 +339,7 @@ def demote(model: ModelArg, config: ConfigOption = None) -> None:
     cfg = _config(config)
     with _client(cfg) as client:
         result = client.demote(model)
-    out.print(f"demoted {result['model']}: {format_size(result['freed'])} freed")
+    out.print(f"demoted {_e(result['model'])}: {format_size(result['freed'])} freed")
 
 
 @app.command()
@@ -339,7 +349,7 @@ def pin(model: ModelArg, tier: TierOption = None, config: ConfigOption = None) -
     cfg = _config(config)
     with _client(cfg) as client:
         job = client.pin(model, tier)
-    out.print(f"pinned {job['model']} (promoting to {job['tier']}, job {job['id']})")
+    out.print(f"pinned {_e(job['model'])} (promoting to {_e(job['tier'])}, job {job['id']})")
 
 
 @app.command()
@@ -350,7 +360,7 @@ def unpin(model: ModelArg, config: ConfigOption = None) -> None:
     with _client(cfg) as client:
         result = client.unpin(model)
     word = "unpinned" if result["unpinned"] else "was not pinned:"
-    out.print(f"{word} {result['model']}")
+    out.print(f"{word} {_e(result['model'])}")
 
 
 @app.command()
@@ -398,7 +408,7 @@ def config_check(config: ConfigOption = None) -> None:
     cfg = _config(config)
     out.print(
         f"config OK: {len(cfg.cold)} cold store(s), {len(cfg.tier)} tier(s), "
-        f"mountpoint {cfg.mountpoint}"
+        f"mountpoint {_e(cfg.mountpoint)}"
     )
 
 
@@ -429,7 +439,7 @@ def demo(
     config_file = directory / "tierfs.toml"
     config_file.write_text(to_toml(cfg))
     if build_only:
-        out.print(f"demo store built in {store.root}; config written to {config_file}")
+        out.print(f"demo store built in {_e(store.root)}; config written to {_e(config_file)}")
         return
     cfg.mountpoint.mkdir(parents=True, exist_ok=True)
     from tierfs.daemon import Daemon
@@ -445,17 +455,17 @@ def _demo_banner(cfg: Config, config_file: Path, model_names: tuple[str, ...]) -
         rel = mnt
     lines = [
         "",
-        f"[bold green]tierfs demo is mounted at {mnt}[/bold green]",
-        f"  cold store (read-only): {cfg.cold[0].path}",
-        f"  state and catalog:      {cfg.state_dir}",
-        f"  config:                 {config_file}",
-        f"  models: {', '.join(model_names)}",
+        f"[bold green]tierfs demo is mounted at {_e(mnt)}[/bold green]",
+        f"  cold store (read-only): {_e(cfg.cold[0].path)}",
+        f"  state and catalog:      {_e(cfg.state_dir)}",
+        f"  config:                 {_e(config_file)}",
+        f"  models: {_e(', '.join(model_names))}",
         "",
         "Look around from another shell:",
-        f"  ls -lR {rel}",
-        f"  getfattr -d -m user.tierfs {rel}/gguf/tiny-llama.gguf",
-        f"  readlink {rel}/hub/models--tierfs-demo--tiny-llama/snapshots/*/config.json",
-        f"  .venv/bin/tierfs status --config {config_file}",
+        f"  ls -lR {_e(rel)}",
+        f"  getfattr -d -m user.tierfs {_e(rel)}/gguf/tiny-llama.gguf",
+        f"  readlink {_e(rel)}/hub/models--tierfs-demo--tiny-llama/snapshots/*/config.json",
+        f"  .venv/bin/tierfs status --config {_e(config_file)}",
         "",
         "Press Ctrl-C to unmount.",
         "",
