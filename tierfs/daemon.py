@@ -383,7 +383,7 @@ class DaemonControl:
 
     async def status(self) -> dict[str, Any]:
         d = self.daemon
-        inventory = await d.mover.inventory()
+        inventory = await d.mover.inventory(refresh=True)
         jobs = [j.to_json() for j in d.mover.jobs()]
         reasons = d.mover.cold_reasons()
         report = await trio.to_thread.run_sync(

@@ -172,8 +172,16 @@ class Mover:
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._catalog_limiter)
 
-    async def inventory(self) -> Inventory:
-        """The models in the namespace, rescanned when the namespace changed."""
+    async def inventory(self, *, refresh: bool = False) -> Inventory:
+        """The models in the namespace, rescanned when the namespace changed.
+
+        Args:
+            refresh: look for changes in the cold stores first (for a user's request:
+                a model added after the mount must be found without a listing of its
+                directory through the mount).
+        """
+        if refresh:
+            await trio.to_thread.run_sync(self.namespace.refresh)
         generation = self.namespace.generation
         if self._inventory is None or generation != self._inventory_generation:
             inventory = await trio.to_thread.run_sync(take_inventory, self.namespace)
@@ -203,7 +211,7 @@ class Mover:
         Raises:
             ModelNotFoundError, AmbiguousModelError: listing near names.
         """
-        return find_model((await self.inventory()).models, name)
+        return find_model((await self.inventory(refresh=True)).models, name)
 
     # Jobs -------------------------------------------------------------------------------
 
@@ -595,7 +603,8 @@ class Mover:
     async def _promote_if_cold(self, name: str) -> None:
         if name in self._active:
             return
-        model = await self.model(name)
+        # The name came from this inventory a moment ago: no need to look for changes.
+        model = find_model((await self.inventory()).models, name)
         for relpath in model.files:
             if self.placement.hot_backing(self._key_of(relpath)) is None:
                 break

@@ -226,6 +226,17 @@ class Namespace:
             node = self.lookup(node.inode, part)
         return node
 
+    def refresh(self) -> None:
+        """Rescan every directory seen so far whose backing directories changed.
+
+        What was added to a cold store then appears without anyone listing its directory
+        through the mount first. Costs a stat per known directory and store.
+        """
+        with self._lock:
+            for node in [n for n in self._nodes.values() if n.children is not None]:
+                if self._stale(node):
+                    self._scan(node)
+
     def conflicts(self) -> list[Conflict]:
         """Names served by one store while others provide them too, as found so far."""
         with self._lock:
