@@ -93,9 +93,7 @@ BAD_CONFIGS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
         ("too large",),
     ),
     "size-of-300-digits": (
-        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = "'
-        + "9" * 300
-        + '"\n',
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = "' + "9" * 300 + '"\n',
         "tier[0].size",
         ("too large",),
     ),
@@ -483,3 +481,15 @@ def test_status_over_empty_store_says_no_models(tmp_path: Path, cold: Path) -> N
     assert (data["models"], data["problems"], data["conflicts"]) == ([], [], [])
     assert data["running"] is False
     assert data["tiers"] == [] and data["jobs"] == []
+
+
+def test_cli_start_up_imports_neither_pydantic_nor_an_http_library() -> None:
+    # `tierfs --version` and every command pay for what the CLI imports before it runs.
+    probe = (
+        "import sys; import tierfs.cli, tierfs.client; "
+        "print(sorted(m for m in ('pydantic', 'httpx', 'rich.table') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
