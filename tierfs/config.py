@@ -44,9 +44,15 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 def _to_path(value: object) -> Path:
-    if isinstance(value, str | os.PathLike):
-        return Path(value)
-    raise ValueError(f"expected a path string, got {value!r}")
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"expected a path string, got {short_repr(value)}")
+    text = os.fsencode(value)
+    # Refused here, or the checks below (exists, is_dir) would raise OSError instead.
+    if b"\0" in text:
+        raise ValueError(f"{short_repr(value)} contains a NUL byte")
+    if len(text) >= 4096 or any(len(part) > 255 for part in text.split(b"/")):
+        raise ValueError(f"{short_repr(value)} is too long for a path")
+    return Path(os.fsdecode(text))
 
 
 # Our own validator rather than pydantic's, which holds on to the pathlib class it saw
