@@ -207,6 +207,8 @@ class Daemon:
         on_ready: called once the mount serves.
 
     Raises:
+        MountError: the mountpoint is missing, busy or already served.
+        StateDirError: the state directory is untrusted, or another process holds it.
         TierError: a tier is missing, too small or not RAM-backed.
         CatalogError: the catalog is unusable.
     """
@@ -214,6 +216,9 @@ class Daemon:
     def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
         self.config = config
         self._on_ready = on_ready
+        # First, so that a tierfs already serving here is named as such rather than as
+        # the holder of the state lock, and a refusal mounts no tier tmpfs.
+        prepare_mountpoint(config.mountpoint)
         self.state = StateDir(config.state_dir, "tierfs mount")
         try:
             # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
@@ -256,7 +261,6 @@ class Daemon:
         mountpoint = self.config.mountpoint
         try:
             try:
-                prepare_mountpoint(mountpoint)
                 self.recover()
                 self._fuse_init(mountpoint)
             except BaseException:

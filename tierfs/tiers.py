@@ -213,6 +213,9 @@ def _check_tier(config: TierConfig, where: str, mounted_here: bool) -> Tier:
         )
     for sub in (HOT_DIR, TMP_DIR):
         (path / sub).mkdir(mode=PRIVATE_MODE, exist_ok=True)
+        # Hot copies are copies of files other users may not read: whatever mode the
+        # directory had, only tierfs's user may look inside.
+        os.chmod(path / sub, PRIVATE_MODE)
     log.info("%s: %s, %s", where, fs.fstype, format_size(config.size))
     return Tier(config=config, capacity=config.size, fstype=fs.fstype, mounted_here=mounted_here)
 

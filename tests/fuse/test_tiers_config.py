@@ -6,6 +6,7 @@ And the happy path: tierfs mounts its own tmpfs, of the configured size, where a
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -238,3 +239,25 @@ def test_a_tier_another_user_owns_or_can_write_is_refused(
             needle = "writable by other users (mode 0777)"
         mount = config_with(mount_factory, cold_store, path, "32M", mount_tmpfs=False)
         refused(mount, tmp_path, str(path), needle)
+
+
+def test_hot_copies_are_private_whatever_mode_the_tier_directory_has(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path
+) -> None:
+    with tu.tmpfs_at(tier_guard / "shm", "64M", mode="0755") as shm:
+        path = shm / "ram0"
+        (path / "hot").mkdir(parents=True)
+        os.chmod(path / "hot", 0o755)
+        mount = config_with(mount_factory, cold_store, path, "32M", mount_tmpfs=False)
+        mount.start()
+        assert tu.promote_wait(mount.state_dir, "m/a.safetensors")["state"] == "done"
+        for sub in ("hot", ".tmp"):
+            assert stat.S_IMODE(os.stat(path / sub).st_mode) == 0o700, sub
+        # Another user cannot reach the copy, whatever its own mode says.
+        copy = path / "hot" / "c" / "m" / "a.safetensors"
+        probe = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(copy)],
+            capture_output=True,
+            check=False,
+        )
+        assert probe.returncode != 0 and b"Permission denied" in probe.stderr, probe
