@@ -84,10 +84,12 @@ def measure(variants: list[Variant], cold: Path, repeat: int) -> dict[str, list[
 
 def render(times: dict[str, list[float]], entries: int, models: int, repeat: int) -> str:
     direct = {k: statistics.median(times[f"direct {k}"]) for k in ("ls", "ls -l")}
+    load = os.getloadavg()[0]
     lines = [
         f"One directory of {entries:,} empty files and {models:,} one-file models in the cold",
         f"store; median of {repeat} interleaved runs after one warm-up listing. Ratios are to",
-        "the direct listing of the same run.",
+        f"the direct listing of the same run. Load average when done: {load:.1f} (other jobs",
+        "share the machine; compare rows of one run only).",
         "",
         "| what | seconds | ratio to direct |",
         "|---|---|---|",
@@ -97,7 +99,21 @@ def render(times: dict[str, list[float]], entries: int, models: int, repeat: int
         base = next((direct[k] for k in ("ls -l", "ls") if key.endswith(f" {k}")), None)
         ratio = f"{median / base:.1f}" if base else ""
         lines.append(f"| {key} | {median:.3f} | {ratio} |")
+    lines += ["", *WHY]
     return "\n".join(lines) + "\n"
+
+
+# What moved these figures (issue 9), kept with the table that shows it.
+WHY = [
+    "`ls -l` asks for `security.selinux` and `system.posix_acl_access` of every file. tierfs",
+    "answered ENODATA, a daemon round trip each, twice per entry; it now answers ENOTSUP,",
+    "after which ls stops asking for the whole mount. Entries come by readdirplus (pyfuse3",
+    "always uses it) with 300 s attribute and entry timeouts, so the stat calls stay in the",
+    "kernel. `status` spent a second in rich (JSON highlighting, a 1,000-row table) and a",
+    "third of its start-up importing pydantic and httpx; it now prints plain text and",
+    "imports pydantic only to read the config. Plain `ls` is bounded by one readdirplus",
+    "request per page of entries, each a round trip through Python.",
+]
 
 
 def main() -> None:
