@@ -110,9 +110,10 @@ WHY = [
     "after which ls stops asking for the whole mount. Entries come by readdirplus (pyfuse3",
     "always uses it) with 300 s attribute and entry timeouts, so the stat calls stay in the",
     "kernel. `status` spent a second in rich (JSON highlighting, a 1,000-row table) and a",
-    "third of its start-up importing pydantic and httpx; it now prints plain text and",
-    "imports pydantic only to read the config. Plain `ls` is bounded by one readdirplus",
-    "request per page of entries, each a round trip through Python.",
+    "third of its start-up importing pydantic and httpx; it now prints plain text, its",
+    "client is http.client, and `tierfs --version` imports no pydantic. Plain `ls` is",
+    "bounded by one readdirplus request per page of entries, each a round trip through",
+    "Python.",
 ]
 
 

@@ -86,7 +86,7 @@ def _e(value: object) -> str:
 
 
 def _config(path: Path | None) -> Config:
-    # Imported here: pydantic is most of the CLI's start-up, and --version needs none of it.
+    # Imported here: pydantic is a large part of the start-up, and --version needs none of it.
     from tierfs.config import load_config
 
     return load_config(path)
