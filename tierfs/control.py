@@ -4,7 +4,9 @@ The CLI uses it, and it is the API the web GUI is built on. Every request runs o
 daemon's own trio loop, next to the FUSE handlers, so it sees exactly the state the
 mount serves.
 
-Endpoints (JSON bodies; errors are ``{"error": ..., "errno": ...}``):
+Endpoints (JSON bodies of at most 64 KiB, validated strictly: unknown keys and a string
+where a boolean belongs are refused; every error, unknown paths included, is
+``{"error": ..., "errno": ...}`` with a 4xx status):
 
 - ``GET  /api/status``: tiers, models, jobs, conflicts, problems.
 - ``GET  /api/jobs`` and ``GET /api/jobs/{id}``: promotions and their progress.
