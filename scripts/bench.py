@@ -2,9 +2,10 @@
 
 Every figure is measured in the same run as the bound it is compared with, because these
 machines are noisy. Sections: ``fuse`` (reads through the mount against reads of the
-backing file), ``loader`` (scripts/bench_loader.py) and ``promote`` (when tiers exist).
+backing file), ``loader`` (scripts/bench_loader.py), ``promote`` (when tiers exist) and
+``metadata`` (scripts/bench_metadata.py).
 
-Usage: scripts/bench [fuse|loader|all] [--size 2G] [--repeat 3] [--device cpu|cuda]
+Usage: scripts/bench [fuse|promote|loader|metadata|all] [--size 2G] [--repeat 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ class Row:
 class TierfsMount:
     """A tierfs daemon over given cold stores, for the length of a with-block."""
 
-    def __init__(self, workdir: Path, cold: list[tuple[str, Path]]) -> None:
+    def __init__(self, workdir: Path, cold: list[tuple[str, Path]], tree: Path = REPO) -> None:
+        # `tree`: the tierfs source to run (another revision's checkout, to compare with).
+        self.tree = tree
         self.mountpoint = workdir / "mnt"
         self.config = workdir / "bench.toml"
         self.log = workdir / "tierfs.log"
@@ -144,7 +147,7 @@ class TierfsMount:
                 [sys.executable, "-m", "tierfs", "mount", "-f", "-c", str(self.config)],
                 stdout=out,
                 stderr=out,
-                cwd=REPO,
+                cwd=self.tree,
             )
         deadline = time.monotonic() + 30
         # Wait for the daemon's "serving" line: only then is the readahead raised.
@@ -460,7 +463,10 @@ def write_section(name: str, body: str, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "section", nargs="?", default="all", choices=["fuse", "promote", "loader", "all"]
+        "section",
+        nargs="?",
+        default="all",
+        choices=["fuse", "promote", "loader", "metadata", "all"],
     )
     parser.add_argument("--size", default="2G", help="size of the test file (default 2G)")
     parser.add_argument("--repeat", type=int, default=3)
@@ -478,6 +484,11 @@ def main() -> None:
         body = bench_promote(args.workdir, size, args.repeat)
         print(body)
         write_section("promote", body, "Promotion into a RAM tier (issue 3)")
+    if args.section in ("metadata", "all"):
+        script = str(REPO / "scripts" / "bench_metadata.py")
+        subprocess.run(
+            [sys.executable, script, "--repeat", str(args.repeat), "--write"], check=True
+        )
     if args.section in ("loader", "all"):
         # The loader's figures come with their raw data; the doc's loader section is written
         # from this JSON (see docs/benchmarks.md).

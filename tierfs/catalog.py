@@ -23,10 +23,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from tierfs.errors import CatalogError
+from tierfs.identity import FileIdentity
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -43,6 +44,9 @@ CREATE TABLE IF NOT EXISTS files (
     last_access REAL,
     opens       INTEGER NOT NULL DEFAULT 0,
     bytes_read  INTEGER NOT NULL DEFAULT 0,
+    ctime_ns    INTEGER NOT NULL DEFAULT 0,
+    ino         INTEGER NOT NULL DEFAULT 0,
+    dev         INTEGER NOT NULL DEFAULT 0,
     UNIQUE (store, relpath)
 );
 CREATE TABLE IF NOT EXISTS replicas (
@@ -88,6 +92,13 @@ class FileRecord:
     last_access: float | None
     opens: int
     bytes_read: int
+    ctime_ns: int
+    ino: int
+    dev: int
+
+    @property
+    def identity(self) -> FileIdentity:
+        return FileIdentity(self.size, self.mtime_ns, self.ctime_ns, self.ino, self.dev)
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,15 @@ class Catalog:
                 )
                 return
             found = int(row[0])
+            if found == 1:
+                # Version 2 widened a file's identity (see tierfs.identity). Old rows get
+                # zeros, which match no file: their hot copies are dropped and made again.
+                for column in ("ctime_ns", "ino", "dev"):
+                    db.execute(f"ALTER TABLE files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+                found = SCHEMA_VERSION
         if found > SCHEMA_VERSION:
             raise CatalogError(
                 f"{self.path}: catalog schema version {found} is newer than this tierfs "
@@ -192,44 +212,42 @@ class Catalog:
 
     # Files -----------------------------------------------------------------------------
 
-    def sync_file(self, store: str, relpath: str, size: int, mtime_ns: int) -> FileRecord:
+    def sync_file(self, store: str, relpath: str, ident: FileIdentity) -> FileRecord:
         """Record a cold file's identity, dropping what no longer holds for it.
 
-        When size or mtime differ from the recorded ones the file changed underneath:
-        its hash is forgotten and its replicas are marked ``evicting`` so that the mover
+        When the identity differs from the recorded one the file changed underneath: its
+        hash is forgotten and its replicas are marked ``evicting`` so that the mover
         deletes them and no reader is served stale bytes.
 
         Args:
             store: the cold store's name.
             relpath: the file's path inside the namespace.
-            size: its size now.
-            mtime_ns: its mtime now.
+            ident: its identity now.
         """
         with self._tx() as db:
-            row = db.execute(
-                "SELECT id, size, mtime_ns FROM files WHERE store = ? AND relpath = ?",
-                (store, relpath),
-            ).fetchone()
-            if row is None:
+            record = self._file_where(db, "store = ? AND relpath = ?", (store, relpath))
+            if record is None:
                 db.execute(
-                    "INSERT INTO files (store, relpath, size, mtime_ns) VALUES (?, ?, ?, ?)",
-                    (store, relpath, size, mtime_ns),
+                    "INSERT INTO files (store, relpath, size, mtime_ns, ctime_ns, ino, dev)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (store, relpath, *_ident_row(ident)),
                 )
-            elif (row[1], row[2]) != (size, mtime_ns):
+            elif record.identity != ident:
                 log.warning(
                     "%s:%s changed underneath (size %d -> %d); dropping its hot copies",
                     store,
                     relpath,
-                    row[1],
-                    size,
+                    record.size,
+                    ident.size,
                 )
                 db.execute(
-                    "UPDATE files SET size = ?, mtime_ns = ?, xxh3 = NULL WHERE id = ?",
-                    (size, mtime_ns, row[0]),
+                    "UPDATE files SET size = ?, mtime_ns = ?, ctime_ns = ?, ino = ?, dev = ?,"
+                    " xxh3 = NULL WHERE id = ?",
+                    (*_ident_row(ident), record.id),
                 )
                 db.execute(
                     "UPDATE replicas SET state = 'evicting', updated = ? WHERE file_id = ?",
-                    (time.time(), row[0]),
+                    (time.time(), record.id),
                 )
             record = self._file_where(db, "store = ? AND relpath = ?", (store, relpath))
         assert record is not None
@@ -248,7 +266,7 @@ class Catalog:
             rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY id").fetchall()
         return [FileRecord(*row) for row in rows]
 
-    def set_hash(self, file_id: int, size: int, mtime_ns: int, xxh3: str) -> bool:
+    def set_hash(self, file_id: int, ident: FileIdentity, xxh3: str) -> bool:
         """Record a content hash, unless the file's identity changed since it was read.
 
         Returns:
@@ -256,8 +274,8 @@ class Catalog:
         """
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE files SET xxh3 = ? WHERE id = ? AND size = ? AND mtime_ns = ?",
-                (xxh3, file_id, size, mtime_ns),
+                f"UPDATE files SET xxh3 = ? WHERE id = ? AND {_IDENT_MATCH}",
+                (xxh3, file_id, *_ident_row(ident)),
             )
             return cur.rowcount == 1
 
@@ -308,7 +326,7 @@ class Catalog:
             )
             return cur.rowcount == 1
 
-    def finish_copy(self, file_id: int, tier: str, xxh3: str, size: int, mtime_ns: int) -> bool:
+    def finish_copy(self, file_id: int, tier: str, xxh3: str, ident: FileIdentity) -> bool:
         """Mark a verified copy hot and record the file's hash, in one transaction.
 
         Returns:
@@ -316,10 +334,8 @@ class Catalog:
             the caller must then delete the copy it made.
         """
         with self._tx() as db:
-            current = db.execute(
-                "SELECT size, mtime_ns FROM files WHERE id = ?", (file_id,)
-            ).fetchone()
-            if current is None or (current[0], current[1]) != (size, mtime_ns):
+            current = self._file_where(db, "id = ?", (file_id,))
+            if current is None or current.identity != ident:
                 return False
             cur = db.execute(
                 "UPDATE replicas SET state = 'hot', updated = ?"
@@ -411,7 +427,16 @@ class Catalog:
         return problems
 
 
-_FILE_COLUMNS = "id, store, relpath, size, mtime_ns, xxh3, last_access, opens, bytes_read"
+_FILE_COLUMNS = (
+    "id, store, relpath, size, mtime_ns, xxh3, last_access, opens, bytes_read, ctime_ns, ino, dev"
+)
+_IDENT_MATCH = "size = ? AND mtime_ns = ? AND ctime_ns = ? AND ino = ? AND dev = ?"
+
+
+def _ident_row(ident: FileIdentity) -> tuple[int, int, int, int, int]:
+    return (ident.size, ident.mtime_ns, ident.ctime_ns, ident.ino, ident.dev)
+
+
 _REPLICA_COLUMNS = "file_id, tier, path, state, size, updated"
 
 

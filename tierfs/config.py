@@ -25,58 +25,34 @@ from pydantic import (
     model_validator,
 )
 
+from tierfs import DEFAULT_CONFIG_PATH
 from tierfs.errors import ConfigError
+from tierfs.units import format_size, parse_size, short_repr
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG_PATH = Path("/etc/tierfs/config.toml")
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
-_SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def parse_size(value: object) -> int:
-    """Parse a byte size such as ``200G``, ``512MiB``, ``1.5T`` or a plain integer.
-
-    Units are binary (``G`` means GiB), as for tmpfs ``size=``.
-
-    Args:
-        value: an int, or a string with an optional unit.
-
-    Raises:
-        ValueError: the value is not a non-negative size.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size like '200G', got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"size must not be negative, got {value}")
-        return value
-    if isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if match:
-            number, unit, _suffix = match.groups()
-            return int(float(number) * (1 << _SIZE_SHIFT[unit.lower()]))
-    raise ValueError(f"expected a size like '200G' or '512MiB', got {value!r}")
-
-
-def format_size(n: float) -> str:
-    """Format a byte count with a binary unit, e.g. ``1.5 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+def physical_memory() -> int:
+    """Bytes of RAM in this machine."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 def _to_path(value: object) -> Path:
-    if isinstance(value, str | os.PathLike):
-        return Path(value)
-    raise ValueError(f"expected a path string, got {value!r}")
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"expected a path string, got {short_repr(value)}")
+    text = os.fsencode(value)
+    # Refused here, or the checks below (exists, is_dir) would raise OSError instead.
+    if b"\0" in text:
+        raise ValueError(f"{short_repr(value)} contains a NUL byte")
+    if len(text) >= 4096 or any(len(part) > 255 for part in text.split(b"/")):
+        raise ValueError(f"{short_repr(value)} is too long for a path")
+    return Path(os.fsdecode(text))
 
 
 # Our own validator rather than pydantic's, which holds on to the pathlib class it saw
@@ -150,6 +126,18 @@ class TierConfig(_Strict):
             raise ValueError(f"{value} bytes is too small for a tier (at least 1MiB)")
         return value
 
+    @model_validator(mode="after")
+    def _fits_in_ram(self) -> TierConfig:
+        # A tmpfs may be given any size, and fills RAM and swap until the OOM killer
+        # picks a victim. A remote tier's size is another host's business.
+        ram = physical_memory()
+        if self.kind == "ram" and self.size > ram:
+            raise ValueError(
+                f"size {format_size(self.size)} of ram tier {self.name!r} exceeds this "
+                f"machine's RAM ({format_size(ram)})"
+            )
+        return self
+
 
 class PolicyConfig(_Strict):
     """When models move between tiers by themselves."""
@@ -214,6 +202,13 @@ class Config(_Strict):
             raise ValueError(f"{str(value)!r} is not an absolute path")
         return value
 
+    @field_validator("state_dir")
+    @classmethod
+    def _directory_or_missing(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)!r} exists and is not a directory")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         _unique([c.name for c in self.cold], "cold", "name")
@@ -228,14 +223,39 @@ class Config(_Strict):
                 raise ValueError(
                     f"mountpoint {str(self.mountpoint)!r} overlaps cold store {store.name!r}"
                 )
-        for tier in self.tier:
+        for i, tier in enumerate(self.tier):
             where = f"tier {tier.name!r} at {str(tier.path)!r}"
             for store in self.cold:
                 if _is_within(tier.path, store.path) or _is_within(store.path, tier.path):
                     raise ValueError(f"{where} overlaps cold store {store.name!r}")
             if _is_within(tier.path, self.mountpoint) or _is_within(self.mountpoint, tier.path):
                 raise ValueError(f"{where} overlaps mountpoint {str(self.mountpoint)!r}")
+            for other in self.tier[i + 1 :]:
+                if _is_within(tier.path, other.path) or _is_within(other.path, tier.path):
+                    raise ValueError(f"{where} overlaps tier {other.name!r}")
+            if _is_within(self.state_dir, tier.path) or _is_within(tier.path, self.state_dir):
+                raise ValueError(f"{where} overlaps state_dir {str(self.state_dir)!r}")
+        self._state_dir_apart()
+        if self.allow_other and not self.default_permissions:
+            # Without the kernel's mode checks, every local user reads every file.
+            raise ValueError(
+                "allow_other = true needs default_permissions = true, or every local "
+                "user can read every file of the mount, whatever its mode"
+            )
         return self
+
+    def _state_dir_apart(self) -> None:
+        state = self.state_dir
+        # The daemon creates it before it answers the kernel's FUSE INIT: inside its own
+        # mount, that mkdir would wait forever on the daemon itself.
+        if _is_within(state, self.mountpoint):
+            raise ValueError(
+                f"state_dir {str(state)!r} lies inside mountpoint {str(self.mountpoint)!r}"
+            )
+        for store in self.cold:
+            # Cold storage is never written; the catalog is.
+            if _is_within(state, store.path):
+                raise ValueError(f"state_dir {str(state)!r} lies inside cold store {store.name!r}")
 
     @property
     def catalog_path(self) -> Path:
@@ -293,7 +313,7 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Confi
         elif first["type"] == "missing":
             message = "required key is missing"
         elif "input" in first and first["type"].endswith("_type"):
-            message = f"{message} (got {first['input']!r})"
+            message = f"{message} (got {short_repr(first['input'])})"
         more = len(exc.errors()) - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -322,6 +342,8 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(f"not UTF-8 text ({exc.reason})", path=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", path=str(path)) from None
+    except RecursionError:
+        raise ConfigError("invalid TOML: nested too deeply", path=str(path)) from None
     return config_from_dict(data, source=str(path))
 
 

@@ -4,7 +4,9 @@ The CLI uses it, and it is the API the web GUI is built on. Every request runs o
 daemon's own trio loop, next to the FUSE handlers, so it sees exactly the state the
 mount serves.
 
-Endpoints (JSON bodies; errors are ``{"error": ..., "errno": ...}``):
+Endpoints (JSON bodies of at most 64 KiB, validated strictly: unknown keys and a string
+where a boolean belongs are refused; every error, unknown paths included, is
+``{"error": ..., "errno": ...}`` with a 4xx status):
 
 - ``GET  /api/status``: tiers, models, jobs, conflicts, problems.
 - ``GET  /api/jobs`` and ``GET /api/jobs/{id}``: promotions and their progress.
@@ -23,19 +25,20 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tierfs.errors import ControlError, TierfsError
+from tierfs.httpserve import serve_unix
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,13 @@ _HTTP_STATUS = {
     errno.EINVAL: 400,
     errno.ENOSPC: 507,
     errno.EBUSY: 409,
+    errno.EFBIG: 413,
 }
+# Requests are small JSON objects; anything bigger is refused before it is parsed.
+MAX_BODY = 64 << 10
+MAX_NAME = 1024
+# Error messages quote what the client sent; they quote at most this much of it.
+MAX_MESSAGE = 400
 
 
 class ControlService(Protocol):
@@ -69,7 +78,36 @@ class ControlService(Protocol):
     def metrics(self) -> dict[str, Any]: ...
 
 
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelBody(_Body):
+    """``{"model"}``: demote, unpin."""
+
+    model: str = Field(min_length=1, max_length=MAX_NAME)
+
+
+class PlacementBody(ModelBody):
+    """``{"model", "tier"?}``: promote, pin."""
+
+    tier: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+
+
+class FsckBody(_Body):
+    """``{"deep"?}``: a JSON boolean, never a string that looks like one."""
+
+    deep: bool = False
+
+
 Handler = Callable[[Request], Awaitable[Response]]
+B = TypeVar("B", bound=_Body)
+
+
+def _error(message: str, code: int, status: int) -> JSONResponse:
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 20] + f"... ({len(message)} chars)"
+    return JSONResponse({"error": message, "errno": code}, status_code=status)
 
 
 def _json_errors(fn: Handler) -> Handler:
@@ -77,37 +115,40 @@ def _json_errors(fn: Handler) -> Handler:
         try:
             return await fn(request)
         except TierfsError as exc:
-            status = _HTTP_STATUS.get(exc.errno, 400)
-            return JSONResponse({"error": str(exc), "errno": exc.errno}, status_code=status)
+            return _error(str(exc), exc.errno, _HTTP_STATUS.get(exc.errno, 400))
+        except ClientDisconnect:
+            # Gone before its request was whole: nothing was done, no one to answer.
+            return Response(status_code=400)
+        except Exception:
+            # A bug must cost one request, never the daemon; the answer stays JSON.
+            log.exception("control API: %s %s failed", request.method, request.url.path)
+            return _error("internal error; see the daemon's log", errno.EIO, 500)
 
     return wrapper
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
+async def _body(request: Request, model: type[B]) -> B:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise ControlError(f"request body exceeds {MAX_BODY} bytes", errno=errno.EFBIG)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise ControlError(f"request body exceeds {MAX_BODY} bytes", errno=errno.EFBIG)
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ControlError(f"request body is not JSON: {exc}", errno=errno.EINVAL) from None
+        data = json.loads(raw) if raw else {}
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ControlError(f"request body is not JSON: {reason}", errno=errno.EINVAL) from None
     if not isinstance(data, dict):
         raise ControlError("request body must be a JSON object", errno=errno.EINVAL)
-    return data
-
-
-def _model_arg(data: dict[str, Any]) -> str:
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise ControlError('"model" (a model name) is required', errno=errno.EINVAL)
-    return model
-
-
-def _tier_arg(data: dict[str, Any]) -> str | None:
-    tier = data.get("tier")
-    if tier is not None and not isinstance(tier, str):
-        raise ControlError('"tier" must be a tier name', errno=errno.EINVAL)
-    return tier
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = str(first["loc"][0]) if first["loc"] else "body"
+        raise ControlError(f'"{where}": {first["msg"]}', errno=errno.EINVAL) from None
 
 
 class _Collector:
@@ -156,33 +197,40 @@ def make_app(service: ControlService) -> Starlette:
 
     @_json_errors
     async def promote(request: Request) -> Response:
-        data = await _body(request)
-        return JSONResponse(await service.promote(_model_arg(data), _tier_arg(data)), 202)
+        body = await _body(request, PlacementBody)
+        return JSONResponse(await service.promote(body.model, body.tier), 202)
 
     @_json_errors
     async def demote(request: Request) -> Response:
-        data = await _body(request)
-        return JSONResponse(await service.demote(_model_arg(data)))
+        body = await _body(request, ModelBody)
+        return JSONResponse(await service.demote(body.model))
 
     @_json_errors
     async def pin(request: Request) -> Response:
-        data = await _body(request)
-        return JSONResponse(await service.pin(_model_arg(data), _tier_arg(data)), 202)
+        body = await _body(request, PlacementBody)
+        return JSONResponse(await service.pin(body.model, body.tier), 202)
 
     @_json_errors
     async def unpin(request: Request) -> Response:
-        data = await _body(request)
-        return JSONResponse(await service.unpin(_model_arg(data)))
+        body = await _body(request, ModelBody)
+        return JSONResponse(await service.unpin(body.model))
 
     @_json_errors
     async def fsck(request: Request) -> Response:
-        data = await _body(request)
-        return JSONResponse(await service.fsck(bool(data.get("deep", False))))
+        body = await _body(request, FsckBody)
+        return JSONResponse(await service.fsck(body.deep))
 
+    @_json_errors
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Unknown paths and methods get JSON too, like every other error.
+        assert isinstance(exc, HTTPException)
+        return _error(str(exc.detail), errno.EINVAL, exc.status_code)
+
     return Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/api/status", status),
             Route("/api/jobs", jobs),
@@ -193,7 +241,7 @@ def make_app(service: ControlService) -> Starlette:
             Route("/api/unpin", unpin, methods=["POST"]),
             Route("/api/fsck", fsck, methods=["POST"]),
             Route("/metrics", metrics),
-        ]
+        ],
     )
 
 
@@ -203,16 +251,11 @@ async def serve_control(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the control API on a unix socket until cancelled."""
-    config = HypercornConfig()
-    config.bind = [f"unix:{socket_path}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
+    """Serve the control API on a unix socket until cancelled.
+
+    No request, however broken, may end the daemon: see `tierfs.httpserve`.
+    """
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(socket_path.parent, 0o700)
-    async with trio.open_nursery() as nursery:
-        app: Any = make_app(service)  # an ASGI app; hypercorn's types predate starlette's
-        await nursery.start(lambda task_status: serve(app, config, task_status=task_status))
-        os.chmod(socket_path, 0o600)
-        log.debug("control API on %s", socket_path)
-        task_status.started()
+    app: Any = make_app(service)  # an ASGI app; hypercorn's types predate starlette's
+    await serve_unix(app, socket_path, task_status=task_status)

@@ -112,7 +112,7 @@ def copy_file(
     """
     if chunk % ALIGN:
         raise ValueError(f"chunk {chunk} is not a multiple of {ALIGN}")
-    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         result = _copy_and_hash(
             source, temp, expected_size, chunk, depth, progress, cancelled, pause_hook, durable
@@ -120,7 +120,7 @@ def copy_file(
         if pause_hook:
             pause_hook("copy_written")
         os.chmod(temp, 0o444)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if pause_hook:
             pause_hook("copy_verified")
         os.rename(temp, final)

@@ -32,6 +32,7 @@ from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
 from tierfs.placement import Placement
 from tierfs.readpath import ReadPath
+from tierfs.statedir import StateDir
 from tierfs.status import build_report
 from tierfs.tiers import prepare_tiers, release_fresh_tiers
 
@@ -206,6 +207,8 @@ class Daemon:
         on_ready: called once the mount serves.
 
     Raises:
+        MountError: the mountpoint is missing, busy or already served.
+        StateDirError: the state directory is untrusted, or another process holds it.
         TierError: a tier is missing, too small or not RAM-backed.
         CatalogError: the catalog is unusable.
     """
@@ -213,11 +216,17 @@ class Daemon:
     def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
         self.config = config
         self._on_ready = on_ready
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(config.state_dir, 0o700)
-        # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
-        self.catalog = Catalog(config.catalog_path)
-        self.tiers = prepare_tiers(config.tier)
+        # First, so that a tierfs already serving here is named as such rather than as
+        # the holder of the state lock, and a refusal mounts no tier tmpfs.
+        prepare_mountpoint(config.mountpoint)
+        self.state = StateDir(config.state_dir, "tierfs mount")
+        try:
+            # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
+            self.catalog = Catalog(config.catalog_path)
+            self.tiers = prepare_tiers(config.tier)
+        except BaseException:
+            self.state.close()
+            raise
         self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         self.placement = Placement(self.catalog)
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
@@ -252,7 +261,6 @@ class Daemon:
         mountpoint = self.config.mountpoint
         try:
             try:
-                prepare_mountpoint(mountpoint)
                 self.recover()
                 self._fuse_init(mountpoint)
             except BaseException:
@@ -272,6 +280,7 @@ class Daemon:
                 self._mounted = False
                 log.info("unmounted %s", mountpoint)
             self.catalog.close()
+            self.state.close()
 
     def _fuse_init(self, mountpoint: Path) -> None:
         try:
@@ -378,7 +387,7 @@ class DaemonControl:
 
     async def status(self) -> dict[str, Any]:
         d = self.daemon
-        inventory = await d.mover.inventory()
+        inventory = await d.mover.inventory(refresh=True)
         jobs = [j.to_json() for j in d.mover.jobs()]
         reasons = d.mover.cold_reasons()
         report = await trio.to_thread.run_sync(

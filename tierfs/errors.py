@@ -39,6 +39,10 @@ class MountError(TierfsError):
     """The filesystem cannot be mounted or unmounted at the given mountpoint."""
 
 
+class StateDirError(TierfsError):
+    """The state directory is unusable, untrusted, or held by another process."""
+
+
 class CatalogError(TierfsError):
     """The catalog database is unusable (corrupt, too new, locked)."""
 

@@ -8,8 +8,9 @@ The rules follow from the replica states:
   removed and the claim dropped. Temp files are removed.
 - ``evicting``: the demotion did not finish; it is completed.
 - ``hot``: adopted again when the file is there with the right size and its cold source
-  still has the recorded identity; otherwise dropped. ``deep`` re-hashes it, and a copy
-  whose hash differs is replaced by a fresh verified copy.
+  still has the recorded identity (`tierfs.identity`); otherwise dropped. ``deep``
+  re-hashes it and the cold file as it is now, and a copy whose hash differs from either
+  is replaced by a fresh verified copy.
 - Files on a tier that the catalog does not know are removed: nothing vouches for them.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from tierfs.catalog import Catalog, FileRecord, Replica, ReplicaState
 from tierfs.copier import CopyError, copy_file, hash_file
+from tierfs.identity import FileIdentity
 from tierfs.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
@@ -140,14 +142,21 @@ def check(
         if deep:
             digest = hash_file(path)
             report.bytes_hashed += replica.size
-            if record.xxh3 is not None and digest != record.xxh3:
+            # The record says what was copied; the cold file says what must be served now.
+            # A rewrite that forged the whole identity is still caught by the second.
+            expected = record.xxh3
+            cold_digest = _cold_hash(stores[record.store] / record.relpath)
+            if cold_digest is not None:
+                report.bytes_hashed += record.size
+                expected = cold_digest
+            if expected is not None and digest != expected:
                 if withdraw and repair:
                     withdraw(*key)
                 action = "reported"
                 if repair:
-                    action = _recopy(record, replica, replica_tier, stores)
+                    action = _recopy(catalog, record, replica, replica_tier, stores)
                 report.add(
-                    f"hot copy is corrupt (hash {digest}, expected {record.xxh3})", path, action
+                    f"hot copy is stale or corrupt (hash {digest}, cold {expected})", path, action
                 )
                 continue
         report.adopted += 1
@@ -177,9 +186,9 @@ def _hot_problem(
         # An unreachable cold store (NFS down) says nothing against the hot copy.
         log.warning("fsck: cannot stat cold %s: %s", root / record.relpath, exc.strerror)
         cold = None
-    if cold is not None and (cold.st_size, cold.st_mtime_ns) != (record.size, record.mtime_ns):
+    if cold is not None and FileIdentity.of(cold) != record.identity:
         if repair:
-            catalog.sync_file(record.store, record.relpath, cold.st_size, cold.st_mtime_ns)
+            catalog.sync_file(record.store, record.relpath, FileIdentity.of(cold))
         return "cold file changed underneath"
     try:
         st = os.stat(path)
@@ -190,7 +199,18 @@ def _hot_problem(
     return None
 
 
-def _recopy(record: FileRecord, replica: Replica, tier: Tier, stores: dict[str, Path]) -> str:
+def _cold_hash(source: Path) -> str | None:
+    try:
+        return hash_file(source)
+    except OSError as exc:
+        # An unreachable cold store says nothing against the hot copy.
+        log.warning("fsck: cannot hash cold %s: %s", source, exc.strerror)
+        return None
+
+
+def _recopy(
+    catalog: Catalog, record: FileRecord, replica: Replica, tier: Tier, stores: dict[str, Path]
+) -> str:
     source = stores[record.store] / record.relpath
     try:
         result = copy_file(
@@ -199,7 +219,9 @@ def _recopy(record: FileRecord, replica: Replica, tier: Tier, stores: dict[str, 
     except (CopyError, OSError) as exc:
         return f"replacing it failed: {exc}"
     if result.xxh3 != record.xxh3:
-        return "replaced from cold, whose hash also differs from the record"
+        # The cold bytes changed without their identity: they are what must be served.
+        catalog.set_hash(record.id, record.identity, result.xxh3)
+        return "replaced by a fresh verified copy of the cold file, whose hash changed"
     return "replaced by a fresh verified copy"
 
 

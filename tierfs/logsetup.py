@@ -51,5 +51,5 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party chatter at INFO drowns tierfs's own lines.
-    for noisy in ("hypercorn", "httpx", "httpcore", "pyfuse3"):
+    for noisy in ("hypercorn", "pyfuse3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

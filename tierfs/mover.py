@@ -38,6 +38,10 @@ from tierfs.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
 
+# Finished jobs kept for `tierfs status` and the API; older ones are forgotten, so the
+# history (and every status answer) stays small however long the mount runs.
+JOB_HISTORY = 100
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -168,8 +172,16 @@ class Mover:
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._catalog_limiter)
 
-    async def inventory(self) -> Inventory:
-        """The models in the namespace, rescanned when the namespace changed."""
+    async def inventory(self, *, refresh: bool = False) -> Inventory:
+        """The models in the namespace, rescanned when the namespace changed.
+
+        Args:
+            refresh: look for changes in the cold stores first (for a user's request:
+                a model added after the mount must be found without a listing of its
+                directory through the mount).
+        """
+        if refresh:
+            await trio.to_thread.run_sync(self.namespace.refresh)
         generation = self.namespace.generation
         if self._inventory is None or generation != self._inventory_generation:
             inventory = await trio.to_thread.run_sync(take_inventory, self.namespace)
@@ -199,7 +211,7 @@ class Mover:
         Raises:
             ModelNotFoundError, AmbiguousModelError: listing near names.
         """
-        return find_model((await self.inventory()).models, name)
+        return find_model((await self.inventory(refresh=True)).models, name)
 
     # Jobs -------------------------------------------------------------------------------
 
@@ -318,6 +330,12 @@ class Mover:
             job.finished = time.time()
             self._active.pop(model.name, None)
             job.ended.set()
+            self._forget_old_jobs()
+
+    def _forget_old_jobs(self) -> None:
+        finished = [j.id for j in self._jobs.values() if not j.active]
+        for job_id in sorted(finished)[:-JOB_HISTORY]:
+            del self._jobs[job_id]
 
     async def _copy_one(self, job: Job, f: ModelFile, tier: Tier) -> None:
         final = tier.hot_path(*f.key)
@@ -356,8 +374,7 @@ class Mover:
             f.record.id,
             tier.name,
             result.xxh3,
-            f.record.size,
-            f.record.mtime_ns,
+            f.record.identity,
         )
         if not accepted:
             # Demoted or changed underneath while we copied: the copy must not serve.
@@ -375,9 +392,7 @@ class Mover:
                 node = self.namespace.resolve(relpath)
                 if node.kind is not Kind.FILE:
                     continue
-                record = self.catalog.sync_file(
-                    node.store, node.relpath, node.attrs.size, node.attrs.mtime_ns
-                )
+                record = self.catalog.sync_file(node.store, node.relpath, node.attrs.identity)
                 out.append(ModelFile(node, record))
             return out
 
@@ -588,7 +603,8 @@ class Mover:
     async def _promote_if_cold(self, name: str) -> None:
         if name in self._active:
             return
-        model = await self.model(name)
+        # The name came from this inventory a moment ago: no need to look for changes.
+        model = find_model((await self.inventory()).models, name)
         for relpath in model.files:
             if self.placement.hot_backing(self._key_of(relpath)) is None:
                 break

@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 
 from tierfs.errors import NamespaceError
+from tierfs.identity import FileIdentity
 from tierfs.models import EntryKind
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Attrs:
     uid: int
     gid: int
     blocks: int
+    ino: int
+    dev: int
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> Attrs:
@@ -66,7 +69,13 @@ class Attrs:
             uid=st.st_uid,
             gid=st.st_gid,
             blocks=st.st_blocks,
+            ino=st.st_ino,
+            dev=st.st_dev,
         )
+
+    @property
+    def identity(self) -> FileIdentity:
+        return FileIdentity(self.size, self.mtime_ns, self.ctime_ns, self.ino, self.dev)
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,17 @@ class Namespace:
             node = self.lookup(node.inode, part)
         return node
 
+    def refresh(self) -> None:
+        """Rescan every directory seen so far whose backing directories changed.
+
+        What was added to a cold store then appears without anyone listing its directory
+        through the mount first. Costs a stat per known directory and store.
+        """
+        with self._lock:
+            for node in [n for n in self._nodes.values() if n.children is not None]:
+                if self._stale(node):
+                    self._scan(node)
+
     def conflicts(self) -> list[Conflict]:
         """Names served by one store while others provide them too, as found so far."""
         with self._lock:
@@ -365,10 +385,7 @@ class Namespace:
         if inode is not None:
             node = self._nodes[inode]
             if node.kind is kind:
-                if kind is Kind.FILE and (node.attrs.size, node.attrs.mtime_ns) != (
-                    attrs.size,
-                    attrs.mtime_ns,
-                ):
+                if kind is Kind.FILE and node.attrs.identity != attrs.identity:
                     # The cold file changed underneath: present the new identity and let
                     # the caller drop cached pages and hot copies of the old one.
                     node.attrs = attrs
@@ -413,7 +430,7 @@ class Namespace:
         except OSError:
             return node
         attrs = Attrs.from_stat(est)
-        if (attrs.size, attrs.mtime_ns) != (node.attrs.size, node.attrs.mtime_ns):
+        if attrs.identity != node.attrs.identity:
             with self._lock:
                 node.attrs = replace(attrs)
                 self._changed.append(node)

@@ -77,10 +77,7 @@ class Placement:
     def record_of(self, node: Node) -> FileRecord | None:
         """The catalog's record of a node's cold file, if it is current."""
         record = self._records.get((node.store, node.relpath))
-        if record is None or (record.size, record.mtime_ns) != (
-            node.attrs.size,
-            node.attrs.mtime_ns,
-        ):
+        if record is None or record.identity != node.attrs.identity:
             return None
         return record
 
@@ -157,8 +154,7 @@ class Placement:
             self.catalog.sync_file,
             node.store,
             node.relpath,
-            node.attrs.size,
-            node.attrs.mtime_ns,
+            node.attrs.identity,
             limiter=self._catalog_limiter,
         )
         self.set_record(record)

@@ -184,6 +184,16 @@ class ReadPath:
                 path=str(handle.backing.path),
                 errno=exc.errno or errno.EIO,
             ) from None
+        # A short read inside the size presented at open means the backing file shrank
+        # underneath (only a cold file can). The kernel would fill the rest with zeros
+        # that never were in the file: a clean EIO is the only honest answer.
+        if len(data) < min(size, handle.size - offset):
+            raise BackingIOError(
+                f"{handle.backing.path} ended at {offset + len(data)}, short of the "
+                f"{handle.size} bytes presented: it was truncated underneath",
+                path=str(handle.backing.path),
+                errno=errno.EIO,
+            )
         handle.bytes_read += len(data)
         self.stats.read_bytes += len(data)
         return data

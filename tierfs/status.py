@@ -16,7 +16,7 @@ from tierfs.catalog import Catalog, ReplicaState
 from tierfs.config import Config
 from tierfs.errors import TierfsError
 from tierfs.inventory import Inventory, take_inventory
-from tierfs.namespace import Namespace
+from tierfs.namespace import Kind, Namespace
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def build_report(
     models = []
     for model in inventory.models:
         hot_bytes = 0
+        # Counted in files, not bytes: a model of empty files is hot once they all are.
+        files = hot_files = 0
         tiers: set[str] = set()
         accessed = 0.0
         for relpath in model.files:
@@ -83,6 +85,9 @@ def build_report(
                 node = namespace.resolve(relpath)
             except TierfsError:  # a vanished file is simply not hot
                 continue
+            if node.kind is not Kind.FILE:
+                continue
+            files += 1
             key = (node.store, node.relpath)
             record = records.get(key)
             accessed = max(
@@ -92,15 +97,20 @@ def build_report(
             )
             if record is None:
                 continue
-            for tier, state, size in replicas.get(record.id, []):
-                if state is ReplicaState.HOT:
-                    hot_bytes += size
-                    tiers.add(tier)
+            hot = [
+                (t, size)
+                for t, state, size in replicas.get(record.id, [])
+                if state is ReplicaState.HOT
+            ]
+            if hot:
+                hot_files += 1
+                hot_bytes += hot[0][1]
+                tiers.update(t for t, _ in hot)
         if model.name in active:
             model_state = "promoting"
-        elif model.size and hot_bytes >= model.size:
+        elif files and hot_files == files:
             model_state = "hot"
-        elif hot_bytes:
+        elif hot_files:
             model_state = "partial"
         else:
             model_state = "cold"

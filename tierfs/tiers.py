@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tierfs.config import TierConfig, format_size
 from tierfs.errors import TierError
+from tierfs.trust import PRIVATE_MODE, untrusted_entry
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,20 @@ def _check_tier(config: TierConfig, where: str, mounted_here: bool) -> Tier:
             path=str(path),
             errno=errno.ENOSPC,
         )
+    # Whoever can write the tier chooses the bytes that readers of the mount get.
+    problem = untrusted_entry(path)
+    if problem is not None:
+        raise TierError(
+            f"{where}: refused: {problem}; tier directories must belong to tierfs's user "
+            "and be writable by no one else",
+            path=str(path),
+            errno=errno.EPERM,
+        )
     for sub in (HOT_DIR, TMP_DIR):
-        (path / sub).mkdir(mode=0o700, exist_ok=True)
+        (path / sub).mkdir(mode=PRIVATE_MODE, exist_ok=True)
+        # Hot copies are copies of files other users may not read: whatever mode the
+        # directory had, only tierfs's user may look inside.
+        os.chmod(path / sub, PRIVATE_MODE)
     log.info("%s: %s, %s", where, fs.fstype, format_size(config.size))
     return Tier(config=config, capacity=config.size, fstype=fs.fstype, mounted_here=mounted_here)
 

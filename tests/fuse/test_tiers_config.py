@@ -5,6 +5,8 @@ And the happy path: tierfs mounts its own tmpfs, of the configured size, where a
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -208,3 +210,54 @@ def test_offline_fsck_leaves_no_tmpfs_it_mounted_behind(
     assert result.returncode == 0, result.stderr
     assert "fsck: clean" in result.stdout
     assert not tu.mounts_under(tmp_path), "offline fsck left its tmpfs mounted"
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("planted", ["tier_root", "hot_dir", "hot_copy", "mode"])
+def test_a_tier_another_user_owns_or_can_write_is_refused(
+    planted: str, tier_guard: Path, mount_factory: MountFactory, cold_store: Path, tmp_path: Path
+) -> None:
+    # A shared 1777 tmpfs, like /dev/shm, where any user may have made the tier first.
+    with tu.tmpfs_at(tier_guard / "shm", "64M", mode="1777") as shm:
+        path = shm / "ram0"
+        path.mkdir(mode=0o700)
+        needle = "belongs to uid 65534"
+        if planted == "tier_root":
+            os.chown(path, NOBODY, NOBODY)
+        elif planted == "hot_dir":
+            (path / "hot").mkdir()
+            os.chown(path / "hot", NOBODY, NOBODY)
+        elif planted == "hot_copy":
+            copy = path / "hot" / "c" / "m" / "a.safetensors"
+            copy.parent.mkdir(parents=True)
+            copy.write_bytes(b"evil" * 1024)
+            os.chown(copy, NOBODY, NOBODY)
+        else:
+            os.chmod(path, 0o777)
+            needle = "writable by other users (mode 0777)"
+        mount = config_with(mount_factory, cold_store, path, "32M", mount_tmpfs=False)
+        refused(mount, tmp_path, str(path), needle)
+
+
+def test_hot_copies_are_private_whatever_mode_the_tier_directory_has(
+    tier_guard: Path, mount_factory: MountFactory, cold_store: Path
+) -> None:
+    with tu.tmpfs_at(tier_guard / "shm", "64M", mode="0755") as shm:
+        path = shm / "ram0"
+        (path / "hot").mkdir(parents=True)
+        os.chmod(path / "hot", 0o755)
+        mount = config_with(mount_factory, cold_store, path, "32M", mount_tmpfs=False)
+        mount.start()
+        assert tu.promote_wait(mount.state_dir, "m/a.safetensors")["state"] == "done"
+        for sub in ("hot", ".tmp"):
+            assert stat.S_IMODE(os.stat(path / sub).st_mode) == 0o700, sub
+        # Another user cannot reach the copy, whatever its own mode says.
+        copy = path / "hot" / "c" / "m" / "a.safetensors"
+        probe = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(copy)],
+            capture_output=True,
+            check=False,
+        )
+        assert probe.returncode != 0 and b"Permission denied" in probe.stderr, probe

@@ -83,17 +83,30 @@ def _hot_path(tier: Path, relpath: str) -> Path:
 
 
 def _rewrite(cold: Path, relpath: str, how: str, size: int, seed: int) -> str:
-    """Change a cold file underneath: new bytes, new size, new mtime."""
+    """Change a cold file underneath: new bytes, new size, new mtime.
+
+    The ``forged_*`` ways keep the old size and mtime (``touch -r``, as ``rsync -a`` does):
+    only the inode or the ctime tell.
+    """
     path = cold / relpath
     old = path.stat()
-    if how == "in_place":
+    forged = how.startswith("forged_")
+    if forged:
+        size = old.st_size
+    if how.endswith("in_place"):
         digest = write_random(path, size, seed)  # same inode; the directory is untouched
-        _age(path.parent)
     else:
         digest = write_random(path.with_name(path.name + ".new"), size, seed)
         os.replace(path.with_name(path.name + ".new"), path)
+    if forged:
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    if how.endswith("in_place"):
+        _age(path.parent)
     new = path.stat()
-    assert (new.st_size, new.st_mtime_ns) != (old.st_size, old.st_mtime_ns)
+    if forged:
+        assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    else:
+        assert (new.st_size, new.st_mtime_ns) != (old.st_size, old.st_mtime_ns)
     return digest
 
 
@@ -113,7 +126,7 @@ def _assert_dropped(mount: Mount, cold: Path, tier: Path, relpath: str, digest: 
     assert not [r for r in replicas if r.file_id == record.file_id]
 
 
-@pytest.mark.parametrize("how", ["in_place", "replaced"])
+@pytest.mark.parametrize("how", ["in_place", "replaced", "forged_in_place", "forged_replaced"])
 def test_cold_file_changed_while_mounted_drops_the_hot_copy(
     how: str, rig: Rig, cold_store: Path
 ) -> None:
@@ -129,13 +142,14 @@ def test_cold_file_changed_while_mounted_drops_the_hot_copy(
     assert_fsck_clean(mount.config)
 
 
+@pytest.mark.parametrize("how", ["in_place", "forged_replaced"])
 @pytest.mark.parametrize("repair", ["remount", "offline_fsck"])
 def test_cold_file_changed_while_unmounted_drops_the_hot_copy(
-    repair: str, rig: Rig, cold_store: Path
+    repair: str, how: str, rig: Rig, cold_store: Path
 ) -> None:
     mount, hashes, tier = rig()
     assert mount.stop() == 0
-    digest = _rewrite(cold_store, LONE, "in_place", MiB - 3, seed=6)
+    digest = _rewrite(cold_store, LONE, how, MiB - 3, seed=6)
     if repair == "offline_fsck":
         result = cli(mount.config, "fsck")
         assert result.returncode == 0, result.stderr

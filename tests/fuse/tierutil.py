@@ -280,9 +280,11 @@ def bind_over(source: Path, target: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def tmpfs_at(path: Path, size: str) -> Iterator[Path]:
+def tmpfs_at(path: Path, size: str, mode: str = "0700") -> Iterator[Path]:
+    """A tmpfs at `path`; private by default, as tierfs requires of a tier."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    options = f"size={size},mode={mode}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:

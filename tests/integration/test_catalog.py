@@ -9,6 +9,11 @@ import pytest
 
 from tierfs.catalog import SCHEMA_VERSION, AccessDelta, Catalog, ReplicaState
 from tierfs.errors import CatalogError
+from tierfs.identity import FileIdentity
+
+
+def ident(size: int, mtime_ns: int, ino: int = 7) -> FileIdentity:
+    return FileIdentity(size=size, mtime_ns=mtime_ns, ctime_ns=mtime_ns, ino=ino, dev=1)
 
 
 @pytest.fixture
@@ -42,40 +47,40 @@ def test_a_file_that_is_not_a_catalog_is_refused(tmp_path: Path) -> None:
 
 
 def test_sync_file_keeps_identity_and_hash(catalog: Catalog) -> None:
-    first = catalog.sync_file("nfs", "m/a.bin", 10, 111)
-    assert catalog.set_hash(first.id, 10, 111, "ab" * 16)
-    again = catalog.sync_file("nfs", "m/a.bin", 10, 111)
+    first = catalog.sync_file("nfs", "m/a.bin", ident(10, 111))
+    assert catalog.set_hash(first.id, ident(10, 111), "ab" * 16)
+    again = catalog.sync_file("nfs", "m/a.bin", ident(10, 111))
     assert again.id == first.id
     assert again.xxh3 == "ab" * 16
 
 
 def test_a_changed_cold_file_forgets_its_hash_and_hot_copies(catalog: Catalog) -> None:
-    record = catalog.sync_file("nfs", "m/a.bin", 10, 111)
+    record = catalog.sync_file("nfs", "m/a.bin", ident(10, 111))
     assert catalog.begin_copy(record.id, "ram0", "/ram0/x", 10)
-    assert catalog.finish_copy(record.id, "ram0", "cd" * 16, 10, 111)
-    changed = catalog.sync_file("nfs", "m/a.bin", 12, 222)
+    assert catalog.finish_copy(record.id, "ram0", "cd" * 16, ident(10, 111))
+    changed = catalog.sync_file("nfs", "m/a.bin", ident(12, 222))
     assert changed.xxh3 is None
     [replica] = catalog.replicas(record.id)
     assert replica.state is ReplicaState.EVICTING
 
 
 def test_a_stale_hash_is_not_recorded(catalog: Catalog) -> None:
-    record = catalog.sync_file("nfs", "m/a.bin", 10, 111)
-    catalog.sync_file("nfs", "m/a.bin", 10, 999)
-    assert not catalog.set_hash(record.id, 10, 111, "ef" * 16)
+    record = catalog.sync_file("nfs", "m/a.bin", ident(10, 111))
+    catalog.sync_file("nfs", "m/a.bin", ident(10, 999))
+    assert not catalog.set_hash(record.id, ident(10, 111), "ef" * 16)
     assert catalog.file(record.id) is not None
     assert catalog.file(record.id).xxh3 is None  # type: ignore[union-attr]
 
 
 def test_replica_states_move_forward_once(catalog: Catalog) -> None:
-    record = catalog.sync_file("nfs", "m/a.bin", 10, 111)
+    record = catalog.sync_file("nfs", "m/a.bin", ident(10, 111))
     assert catalog.begin_copy(record.id, "ram0", "/ram0/x", 10)
     # At most one copy job per file and tier.
     assert not catalog.begin_copy(record.id, "ram0", "/ram0/x", 10)
     assert catalog.tier_usage() == {"ram0": 10}
     # A copy of a file that changed meanwhile is not accepted.
-    assert not catalog.finish_copy(record.id, "ram0", "00" * 16, 10, 112)
-    assert catalog.finish_copy(record.id, "ram0", "00" * 16, 10, 111)
+    assert not catalog.finish_copy(record.id, "ram0", "00" * 16, ident(10, 112))
+    assert catalog.finish_copy(record.id, "ram0", "00" * 16, ident(10, 111))
     assert catalog.replicas(record.id)[0].state is ReplicaState.HOT
     evicting = catalog.begin_evict(record.id, "ram0")
     assert evicting is not None and evicting.state is ReplicaState.EVICTING
@@ -85,7 +90,7 @@ def test_replica_states_move_forward_once(catalog: Catalog) -> None:
 
 
 def test_access_statistics_accumulate(catalog: Catalog) -> None:
-    record = catalog.sync_file("nfs", "m/a.bin", 10, 111)
+    record = catalog.sync_file("nfs", "m/a.bin", ident(10, 111))
     catalog.record_access([AccessDelta(record.id, 2, 100, 50.0)])
     catalog.record_access([AccessDelta(record.id, 1, 20, 40.0)])
     after = catalog.file(record.id)
@@ -106,8 +111,43 @@ def test_pins_persist_across_reopen(tmp_path: Path) -> None:
 
 
 def test_forgetting_a_file_drops_its_replicas(catalog: Catalog) -> None:
-    record = catalog.sync_file("nfs", "m/a.bin", 10, 111)
+    record = catalog.sync_file("nfs", "m/a.bin", ident(10, 111))
     catalog.begin_copy(record.id, "ram0", "/ram0/x", 10)
     catalog.forget_files([record.id])
     assert catalog.replicas() == []
     assert catalog.integrity_check() == []
+
+
+def test_a_file_replaced_with_the_same_size_and_mtime_is_a_changed_file(catalog: Catalog) -> None:
+    # rename over the old name after `touch -r`: only the inode (and ctime) tell.
+    record = catalog.sync_file("nfs", "m/a.bin", ident(10, 111, ino=7))
+    assert catalog.begin_copy(record.id, "ram0", "/ram0/x", 10)
+    assert catalog.finish_copy(record.id, "ram0", "cd" * 16, ident(10, 111, ino=7))
+    changed = catalog.sync_file("nfs", "m/a.bin", ident(10, 111, ino=8))
+    assert changed.xxh3 is None
+    [replica] = catalog.replicas(record.id)
+    assert replica.state is ReplicaState.EVICTING
+
+
+def test_a_version_1_catalog_is_migrated_and_its_copies_count_as_changed(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY, store TEXT NOT NULL, relpath TEXT NOT NULL,
+            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, xxh3 TEXT, last_access REAL,
+            opens INTEGER NOT NULL DEFAULT 0, bytes_read INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (store, relpath));
+        INSERT INTO files (store, relpath, size, mtime_ns, xxh3) VALUES ('nfs', 'a', 10, 111, 'ab');
+        """
+    )
+    db.commit()
+    db.close()
+    with Catalog(path) as catalog:
+        assert catalog.schema_version == SCHEMA_VERSION
+        [old] = catalog.files()
+        assert old.identity == FileIdentity(10, 111, 0, 0, 0)
+        assert catalog.sync_file("nfs", "a", ident(10, 111)).xxh3 is None

@@ -87,6 +87,33 @@ BAD_CONFIGS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
         "tier[0].size",
         ("expected a size", "12 potatoes"),
     ),
+    "size-99999999E": (
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = "99999999E"\n',
+        "tier[0].size",
+        ("too large",),
+    ),
+    "size-of-300-digits": (
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = "' + "9" * 300 + '"\n',
+        "tier[0].size",
+        ("too large",),
+    ),
+    "tier-larger-than-ram": (
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = "4E"\n',
+        "tier[0]",
+        ("exceeds this machine's RAM",),
+    ),
+    "nested-tiers": (
+        '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = "1M"\n'
+        '[[tier]]\nname = "sub"\npath = "{tmp}/ram0/sub"\nsize = "1M"\n',
+        None,
+        ("tier 'ram0'", "overlaps tier 'sub'"),
+    ),
+    "allow-other-without-default-permissions": (
+        "allow_other = true\ndefault_permissions = false\n{cold_table}",
+        None,
+        ("default_permissions",),
+    ),
+    "deeply-nested": ("x = " + "[" * 50_000 + "]" * 50_000 + "\n{cold_table}", None, ("nested",)),
     "cold-path-missing": (
         '[[cold]]\nname = "main"\npath = "{tmp}/nope"\n',
         "cold[0].path",
@@ -152,6 +179,30 @@ def test_bad_config_exits_2_with_one_line_naming_file_key_and_problem(
             assert word in line, f"{word!r} not in {line!r}"
 
 
+@pytest.mark.parametrize("where", ["a-file", "cold/state", "mnt/state"])
+def test_a_state_dir_that_is_a_file_or_inside_the_cold_store_or_mount_exits_2(
+    tmp_path: Path, cold: Path, where: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory\n")
+    config = tmp_path / "tierfs.toml"
+    config.write_text(
+        f"mountpoint = {toml_str(tmp_path / 'mnt')}\n"
+        f"state_dir = {toml_str(tmp_path / where)}\n{cold_table(cold)}"
+    )
+    proc = tierfs_cli("config", "check", "-c", str(config))
+    assert proc.returncode == 2, proc.stdout
+    [line] = proc.stderr.strip().splitlines()
+    expected = {"a-file": "not a directory", "cold/state": "inside cold store 'main'"}
+    assert expected.get(where, "inside mountpoint") in line, line
+    assert not (cold / "state").exists()
+
+
+def test_a_directory_given_as_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    proc = tierfs_cli("config", "check", "-c", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"tierfs: {tmp_path}: cannot read: Is a directory"]
+
+
 def test_missing_config_file_exits_2_with_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "tierfs.toml"
     proc = tierfs_cli("config", "check", "-c", str(missing))
@@ -185,7 +236,7 @@ def full_config(tmp_path: Path, cold: Path) -> str:
     other.mkdir(exist_ok=True)
     return (
         base_config(tmp_path, cold)
-        + 'log_level = "warning"\nallow_other = true\ndefault_permissions = false\n'
+        + 'log_level = "warning"\nallow_other = true\ndefault_permissions = true\n'
         + cold_table(cold)
         + cold_table(other, "second")
         + f'[[tier]]\nname = "ram0"\npath = {toml_str(tmp_path / "ram0")}\nsize = "2G"\n'
@@ -216,7 +267,7 @@ def test_config_show_prints_toml_that_round_trips_through_check(tmp_path: Path, 
     data = tomllib.loads(shown.stdout)
     # The effective values, units resolved, defaults included.
     assert data["mountpoint"] == str(tmp_path / "mnt")
-    assert data["allow_other"] is True and data["default_permissions"] is False
+    assert data["allow_other"] is True and data["default_permissions"] is True
     assert [c["name"] for c in data["cold"]] == ["main", "second"]
     assert data["cold"][0]["path"] == str(cold)
     assert data["tier"][0]["size"] == 2 << 30 and data["tier"][1]["size"] == 512 << 20
@@ -430,3 +481,15 @@ def test_status_over_empty_store_says_no_models(tmp_path: Path, cold: Path) -> N
     assert (data["models"], data["problems"], data["conflicts"]) == ([], [], [])
     assert data["running"] is False
     assert data["tiers"] == [] and data["jobs"] == []
+
+
+def test_cli_start_up_imports_neither_pydantic_nor_an_http_library() -> None:
+    # `tierfs --version` and every command pay for what the CLI imports before it runs.
+    probe = (
+        "import sys; import tierfs.cli, tierfs.client; "
+        "print(sorted(m for m in ('pydantic', 'httpx', 'rich.table') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
+from tierfs import config as config_module
 from tierfs.config import Config, format_size, load_config, parse_size, to_toml
 from tierfs.errors import ConfigError
 
@@ -29,6 +30,12 @@ promote_on_open = true
 high_watermark = 0.95
 low_watermark = 0.85
 """
+
+
+@pytest.fixture(autouse=True)
+def big_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented example is for an inference node with plenty of RAM."""
+    monkeypatch.setattr(config_module, "physical_memory", lambda: 1 << 40)
 
 
 @pytest.fixture
@@ -79,6 +86,24 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
         (GOOD.replace('name = "ram0"', 'name = "r a m"'), "tier[0].name", "not a valid name"),
         ('mountpoint = "/models"\n', "cold", "required key is missing"),
         ("log_level = 'loud'\n" + GOOD, "log_level", "'debug'"),
+        (GOOD.replace('"200G"', '"' + "9" * 300 + '"'), "tier[0].size", "too large"),
+        (GOOD.replace('"200G"', "9" * 300), "tier[0].size", "too large"),
+        (GOOD.replace('"200G"', '"99999999E"'), "tier[0].size", "too large"),
+        (GOOD.replace('"200G"', '"2T"'), "tier[0]", "exceeds this machine's RAM"),
+        (GOOD.replace("/var/lib/tierfs", "/srv/a-file"), "state_dir", "not a directory"),
+        (GOOD.replace("/var/lib/tierfs", "/models/.state"), None, "inside mountpoint"),
+        (GOOD.replace("/var/lib/tierfs", "/srv/models/.st"), None, "inside cold store 'local'"),
+        (GOOD.replace("/var/lib/tierfs", "/mnt/tierfs/ram0/s"), None, "overlaps state_dir"),
+        (
+            GOOD + '[[tier]]\nname = "sub"\npath = "/mnt/tierfs/ram0/sub"\nsize = "1G"\n',
+            None,
+            "overlaps tier 'sub'",
+        ),
+        (
+            "allow_other = true\ndefault_permissions = false\n" + GOOD,
+            None,
+            "needs default_permissions = true",
+        ),
     ],
 )
 def test_each_mistake_is_one_clear_line(
@@ -98,6 +123,16 @@ def test_invalid_toml_names_the_file_and_position(stores: FakeFilesystem) -> Non
     line = str(error_of(stores, GOOD + "this is = = not toml\n"))
     assert line.startswith("/etc/tierfs/config.toml: invalid TOML")
     assert "line" in line
+
+
+def test_deeply_nested_toml_is_one_clear_line(stores: FakeFilesystem) -> None:
+    line = str(error_of(stores, "x = " + "[" * 100_000 + "]" * 100_000 + "\n" + GOOD))
+    assert line == "/etc/tierfs/config.toml: invalid TOML: nested too deeply"
+
+
+def test_a_directory_is_not_a_config_file(stores: FakeFilesystem) -> None:
+    with pytest.raises(ConfigError, match=r"^/srv/models: cannot read: Is a directory$"):
+        load_config(Path("/srv/models"))
 
 
 def test_missing_file_is_a_config_error(fs: FakeFilesystem) -> None:
