@@ -16,11 +16,11 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 
@@ -37,6 +37,9 @@ from tierfs.readpath import Backing
 from tierfs.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 # Finished jobs kept for `tierfs status` and the API; older ones are forgotten, so the
 # history (and every status answer) stays small however long the mount runs.
@@ -169,7 +172,7 @@ class Mover:
                     log.warning("pinned model %s cannot be promoted: %s", model, exc)
             await trio.sleep_forever()
 
-    async def _db(self, fn: Any, *args: Any) -> Any:
+    async def _db(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._catalog_limiter)
 
     async def inventory(self, *, refresh: bool = False) -> Inventory:
@@ -220,9 +223,6 @@ class Mover:
 
     def job(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
-
-    def active_job(self, model: str) -> Job | None:
-        return self._active.get(model)
 
     # Promotion --------------------------------------------------------------------------
 
@@ -603,14 +603,13 @@ class Mover:
     async def _promote_if_cold(self, name: str) -> None:
         if name in self._active:
             return
-        # The name came from this inventory a moment ago: no need to look for changes.
-        model = find_model((await self.inventory()).models, name)
-        for relpath in model.files:
-            if self.placement.hot_backing(self._key_of(relpath)) is None:
-                break
-        else:
-            return
+        # This runs in the mover's nursery: anything raised here would take the daemon
+        # down, and the model may vanish between the open and this task (a rescan).
         try:
+            # The name came from the inventory a moment ago: no need to look for changes.
+            model = find_model((await self.inventory()).models, name)
+            if all(self.placement.hot_backing(self._key_of(f)) is not None for f in model.files):
+                return
             await self.promote(name, None, reason="opened")
         except TierfsError as exc:
             log.info("not promoting %s on open: %s", name, exc)
