@@ -465,10 +465,10 @@ class DaemonControl:
                 await d.operations.forget_cached(store, relpath)
         return report.to_json()
 
-    def metrics(self) -> dict[str, Any]:
+    async def metrics(self) -> dict[str, Any]:
         d = self.daemon
         s = d.readpath.stats
-        usage = d.catalog.tier_usage()
+        usage = await trio.to_thread.run_sync(d.catalog.tier_usage)
         return {
             "tierfs_read_bytes_total": (
                 "counter",

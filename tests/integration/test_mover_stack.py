@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -41,3 +43,28 @@ def test_a_model_that_vanishes_before_its_promotion_on_open_leaves_the_mover_run
 
     trio.run(main)
 
+
+def test_a_metrics_scrape_reads_the_catalog_off_the_trio_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = stack_config(tmp_path)
+    (tmp_path / "cold" / "m").mkdir()
+    (tmp_path / "cold" / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+    threads: list[threading.Thread] = []
+
+    async def main() -> None:
+        async with running_stack(config) as stack:
+            usage = stack.catalog.tier_usage
+
+            def watched() -> dict[str, int]:
+                threads.append(threading.current_thread())
+                return usage()
+
+            monkeypatch.setattr(stack.catalog, "tier_usage", watched)
+            job = await stack.mover.promote("m/a.safetensors", reason="command")
+            await job.ended.wait()
+            metrics = await stack.control.metrics()
+            assert metrics["tierfs_tier_used_bytes"][2] == [({"tier": "ram0"}, 4096)]
+
+    trio.run(main)
+    assert threads and threading.main_thread() not in threads
