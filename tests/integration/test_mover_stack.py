@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,28 @@ def test_a_model_that_vanishes_before_its_promotion_on_open_leaves_the_mover_run
             job = await stack.mover.promote("other/b.safetensors", reason="command")
             await job.ended.wait()
             assert str(job.state) == "done", job.error
+
+    trio.run(main)
+
+
+def test_status_shows_an_open_at_once_before_it_reaches_the_catalog(tmp_path: Path) -> None:
+    config = stack_config(tmp_path)
+    (tmp_path / "cold" / "m").mkdir()
+    (tmp_path / "cold" / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+
+    async def main() -> None:
+        async with running_stack(config) as stack:
+            before = await stack.control.status()
+            assert [m["last_access"] for m in before["models"]] == [None]
+            node = stack.namespace.resolve("m/a.safetensors")
+            opened_at = time.time()
+            handle = await stack.placement.open(node, stack.readpath)
+            await stack.readpath.release(handle.fh)
+            # Nothing flushed: the catalog has no access yet.
+            assert stack.catalog.files()[0].last_access is None
+            after = await stack.control.status()
+            (model,) = after["models"]
+            assert model["last_access"] is not None and model["last_access"] >= opened_at
 
     trio.run(main)
 
