@@ -223,11 +223,17 @@ class Daemon:
         try:
             # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
             self.catalog = Catalog(config.catalog_path)
-            self.tiers = prepare_tiers(config.tier)
         except BaseException:
             self.state.close()
             raise
-        self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
+        try:
+            # The cold stores before the tiers, for the same reason.
+            self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
+            self.tiers = prepare_tiers(config.tier)
+        except BaseException:
+            self.catalog.close()
+            self.state.close()
+            raise
         self.placement = Placement(self.catalog)
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
         self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
