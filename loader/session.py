@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 PathsLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 MiB = 1 << 20
-INDEX_SUFFIX = ".index.json"
 
 
 def parse_size(value: str | int | None, what: str) -> int | None:

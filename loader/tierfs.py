@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import json
 import logging
 import os
 import threading
@@ -127,21 +126,6 @@ def mount_root(path: str) -> str:
             if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
                 best = mnt
     return best
-
-
-def mount_stats(root: str) -> dict[str, int]:
-    """FUSE read counters a tierfs daemon publishes on its mount root (``user.tierfs.stats``).
-
-    Raises:
-        LoaderIOError: the path is not a tierfs mount root.
-    """
-    from loader.errors import LoaderIOError
-
-    raw = getxattr(root, XATTR_STATS)
-    if raw is None:
-        raise LoaderIOError(root, "not a tierfs mount root (no user.tierfs.stats)", None)
-    data = json.loads(raw)
-    return {str(k): int(v) for k, v in data.items() if isinstance(v, int)}
 
 
 @dataclass

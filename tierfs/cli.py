@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -29,7 +28,6 @@ from tierfs.units import format_size
 if TYPE_CHECKING:
     from tierfs.config import Config
 
-log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="tierfs",

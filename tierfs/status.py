@@ -6,7 +6,6 @@ The running daemon builds it for the control API (and so for the CLI and the web
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,8 +16,6 @@ from tierfs.config import Config
 from tierfs.errors import TierfsError
 from tierfs.inventory import Inventory, take_inventory
 from tierfs.namespace import Kind, Namespace
-
-log = logging.getLogger(__name__)
 
 
 def tier_rows(config: Config, usage: dict[str, int]) -> list[dict[str, Any]]:
