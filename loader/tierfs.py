@@ -18,6 +18,8 @@ import os
 import threading
 from dataclasses import dataclass
 
+from tierfs.mountinfo import containing_mount
+
 log = logging.getLogger(__name__)
 
 XATTR_TIER = "user.tierfs.tier"
@@ -93,22 +95,13 @@ def _statfs_type(path: str) -> str | None:
 
 
 def _mountinfo_type(path: str) -> str | None:
-    real = os.path.realpath(path)
-    best, best_type = "", None
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                mnt = left.split()[4].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(
-                    best
-                ):
-                    best, best_type = mnt, right.split()[0]
+        entry = containing_mount(path)
     except OSError:
         return None
-    if best_type and best_type.startswith("fuse"):
-        return "fuse"
-    return best_type
+    if entry is None:
+        return None
+    return "fuse" if entry.fstype.startswith("fuse") else entry.fstype
 
 
 def fs_type(path: str) -> str:
@@ -118,14 +111,8 @@ def fs_type(path: str) -> str:
 
 def mount_root(path: str) -> str:
     """Mount point that contains ``path``, from /proc/self/mountinfo."""
-    real = os.path.realpath(path)
-    best = "/"
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            mnt = line.split()[4].replace("\\040", " ")
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                best = mnt
-    return best
+    entry = containing_mount(path)
+    return str(entry.mountpoint) if entry is not None else "/"
 
 
 @dataclass

@@ -143,8 +143,9 @@ def unmount(
     config: ConfigOption = None,
 ) -> None:
     """Unmount a tierfs mount (the daemon then exits by itself)."""
-    from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry
+    from tierfs.daemon import is_tierfs, lazy_unmount
     from tierfs.errors import MountError
+    from tierfs.mountinfo import mount_entry
 
     target = (mountpoint or _config(config).mountpoint).absolute()
     if not is_tierfs(mount_entry(target)):

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from tierfs.control import serve_control
 from tierfs.errors import MountError
 from tierfs.fs import TierfsOperations
 from tierfs.fsck import FsckReport, check
+from tierfs.mountinfo import MountEntry, mount_entry
 from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
 from tierfs.placement import Placement
@@ -42,50 +42,6 @@ FSNAME = "tierfs"
 # Logged once the mount answers requests; `spawn_daemon` and the tests wait for it.
 SERVING = "serving"
 ACCESS_FLUSH_INTERVAL_S = 5.0
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo."""
-
-    mountpoint: Path
-    fstype: str
-    source: str
-    major_minor: str
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and i + 4 <= len(field):
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_entry(path: Path) -> MountEntry | None:
-    """The mount at exactly `path`, if any, read without touching the path itself.
-
-    A dead FUSE daemon leaves a mount whose stat hangs or fails with ENOTCONN, so this
-    reads the kernel's table instead.
-    """
-    target = os.path.abspath(path)
-    found: MountEntry | None = None
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            rfields = right.split()
-            if len(fields) < 5 or len(rfields) < 2:
-                continue
-            if _unescape(fields[4]) == target:
-                # The last entry wins: mounts stack.
-                found = MountEntry(Path(target), rfields[0], _unescape(rfields[1]), fields[2])
-    return found
 
 
 def is_tierfs(entry: MountEntry | None) -> bool:

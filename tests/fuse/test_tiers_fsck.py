@@ -37,7 +37,7 @@ from tests.fuse.crashutil import (
     write_random,
     xxh,
 )
-from tierfs.daemon import mount_entry
+from tierfs.mountinfo import mount_entry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

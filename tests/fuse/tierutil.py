@@ -22,6 +22,7 @@ import pytest
 from tests.fuse.conftest import file_hash, xxh
 from tests.fuse.conftest import run_cli as cli
 from tierfs.client import ControlClient
+from tierfs.mountinfo import read_mounts
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -243,16 +244,12 @@ def policy_toml(**values: object) -> str:
 
 def mounts_under(root: Path) -> list[tuple[str, str, str]]:
     """(mountpoint, fstype, super options) of every mount at or below `root`."""
-    base = os.path.realpath(root)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            point = fields[4].replace("\\040", " ")
-            if point == base or point.startswith(base.rstrip("/") + "/"):
-                found.append((point, rfields[0], rfields[2] if len(rfields) > 2 else ""))
-    return found
+    base = Path(os.path.realpath(root))
+    return [
+        (str(e.mountpoint), e.fstype, e.super_options)
+        for e in read_mounts()
+        if e.mountpoint == base or base in e.mountpoint.parents
+    ]
 
 
 def lazy_umount(path: Path | str) -> None:
