@@ -19,13 +19,10 @@ import threading
 from dataclasses import dataclass
 
 from tierfs.mountinfo import containing_mount
+from tierfs.xattrs import XATTR_BACKING, XATTR_TIER, XATTR_XXH3
 
 log = logging.getLogger(__name__)
 
-XATTR_TIER = "user.tierfs.tier"
-XATTR_BACKING = "user.tierfs.backing"
-XATTR_XXH3 = "user.tierfs.xxh3"
-XATTR_STATS = "user.tierfs.stats"
 
 # statfs f_type magic numbers (linux/magic.h and friends).
 _FS_MAGIC: dict[int, str] = {
