@@ -21,7 +21,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from tierfs.catalog import Catalog
+from tierfs.catalog import Catalog, ReplicaState
 from tierfs.config import Config
 from tierfs.control import serve_control
 from tierfs.errors import MountError
@@ -398,7 +398,7 @@ class DaemonControl:
         busy = frozenset(
             (r.file_id, r.tier)
             for r in await trio.to_thread.run_sync(d.catalog.replicas)
-            if r.state.value == "copying"
+            if r.state is ReplicaState.COPYING
         )
         token = trio.lowlevel.current_trio_token()
         withdrawn: list[tuple[str, str]] = []

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
@@ -34,6 +33,7 @@ from tierfs.models import Model, find_model, models_by_file
 from tierfs.namespace import Kind, Namespace, Node
 from tierfs.placement import Placement
 from tierfs.readpath import Backing
+from tierfs.states import JobState
 from tierfs.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,6 @@ Ts = TypeVarTuple("Ts")
 # Finished jobs kept for `tierfs status` and the API; older ones are forgotten, so the
 # history (and every status answer) stays small however long the mount runs.
 JOB_HISTORY = 100
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 @dataclass
@@ -78,7 +70,7 @@ class Job:
 
     @property
     def active(self) -> bool:
-        return self.state in (JobState.QUEUED, JobState.RUNNING)
+        return self.state.active
 
     def to_json(self) -> dict[str, Any]:
         elapsed = (self.finished or time.time()) - self.started
