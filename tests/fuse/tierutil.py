@@ -117,8 +117,9 @@ class SplitReader:
 # The CLI and the control API -------------------------------------------------------------
 
 
-def cli_ok(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = cli(config, *args)
+def cli_ok(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; it must succeed."""
+    result = cli(config, *args, timeout=timeout)
     assert result.returncode == 0, (
         f"tierfs {' '.join(args)} exited {result.returncode}\n"
         f"stdout: {result.stdout}\nstderr: {result.stderr}"
@@ -188,11 +189,13 @@ def wait_idle(state_dir: Path, timeout: float = 20.0) -> dict[str, Any]:
     return wait_for(probe, timeout, what="jobs to finish")
 
 
-def promote_wait(state_dir: Path, model: str, tier: str | None = None) -> dict[str, Any]:
+def promote_wait(
+    state_dir: Path, model: str, tier: str | None = None, timeout: float = 60
+) -> dict[str, Any]:
     """Promote through the control API and wait for the job; returns the finished job."""
     with client(state_dir) as c:
         job = c.promote(model, tier)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while job["state"] in ("queued", "running"):
             assert time.monotonic() < deadline, f"promotion of {model} never ended: {job}"
             time.sleep(0.05)
