@@ -23,7 +23,7 @@ from tierfs.fs import TierfsOperations
 from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
 from tierfs.placement import Placement
-from tierfs.readpath import ReadPath
+from tierfs.readpath import PushFn, ReadPath
 from tierfs.tiers import HOT_DIR, TMP_DIR, Tier
 
 
@@ -50,7 +50,9 @@ class Stack:
         return DaemonControl(cast(Daemon, self))
 
 
-def stack_config(base: Path, *, tier_size: int = 64 << 20, **policy: Any) -> Config:
+def stack_config(
+    base: Path, *, tier_size: int = 64 << 20, read: dict[str, Any] | None = None, **policy: Any
+) -> Config:
     """A config with one cold store (``base/cold``) and one tier (``base/ram0``)."""
     cold = base / "cold"
     cold.mkdir(exist_ok=True)
@@ -64,13 +66,19 @@ def stack_config(base: Path, *, tier_size: int = 64 << 20, **policy: Any) -> Con
             "cold": [{"name": "c", "path": str(cold)}],
             "tier": [{"name": "ram0", "path": str(tier), "size": tier_size}],
             "policy": policy,
+            "read": read or {},
         }
     )
 
 
 @asynccontextmanager
-async def running_stack(config: Config) -> AsyncIterator[Stack]:
-    """Build the parts for `config`, start the mover, and stop it on exit."""
+async def running_stack(config: Config, push: PushFn | None = None) -> AsyncIterator[Stack]:
+    """Build the parts for `config`, start the mover, and stop it on exit.
+
+    Args:
+        config: as from `stack_config`.
+        push: stands in for ``pyfuse3.notify_store`` (prefetch is off without one).
+    """
     config.state_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(config.catalog_path)
     try:
@@ -78,7 +86,7 @@ async def running_stack(config: Config) -> AsyncIterator[Stack]:
         namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         placement = Placement(catalog)
         await placement.load()
-        readpath = ReadPath(config.read, push=None)
+        readpath = ReadPath(config.read, push=push)
         operations = TierfsOperations(namespace, placement, readpath)
         mover = Mover(config, catalog, namespace, placement, tiers)
         async with trio.open_nursery() as nursery:
