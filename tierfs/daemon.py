@@ -167,6 +167,7 @@ class Daemon:
         StateDirError: the state directory is untrusted, or another process holds it.
         TierError: a tier is missing, too small or not RAM-backed.
         CatalogError: the catalog is unusable.
+        NamespaceError: the first cold store cannot be read.
     """
 
     def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
