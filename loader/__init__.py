@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from loader.backends import Backend, available_backends, register_backend
 from loader.errors import (
     BackendUnavailableError,
@@ -22,8 +20,6 @@ from loader.errors import (
     UnknownBackendError,
 )
 from loader.session import SafeOpen, load_file, safe_open
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "Backend",

@@ -26,8 +26,6 @@ from loader.errors import BackendUnavailableError, LoaderError
 from loader.format import describe, read_header
 from loader.session import expand_paths, safe_open
 
-log = logging.getLogger(__name__)
-
 
 def _inspect(args: argparse.Namespace, console: Console) -> int:
     for path in expand_paths(args.file):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
-
 
 class LoaderError(Exception):
     """Base class of every error the loader raises."""

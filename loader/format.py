@@ -13,7 +13,6 @@ is rejected before anything proportional to its claims is allocated.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import struct
 from collections.abc import Mapping
@@ -23,8 +22,6 @@ from typing import Any
 import torch
 
 from loader.errors import SafetensorsFormatError
-
-log = logging.getLogger(__name__)
 
 # The reference implementation refuses headers above 100 MB; so do we, which also bounds the
 # memory a hostile length prefix can make us allocate.

@@ -19,13 +19,10 @@ a file is read short by the kernel, which is fine because no tensor byte lies be
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from loader.format import Header, TensorInfo
-
-log = logging.getLogger(__name__)
 
 ALIGN = 4096
 
@@ -91,10 +88,6 @@ class PlannedTensor:
     @property
     def nbytes(self) -> int:
         return self.info.nbytes
-
-    @property
-    def last_request(self) -> int:
-        return self.requests[-1] if self.requests else -1
 
 
 @dataclass(frozen=True)

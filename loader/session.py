@@ -31,30 +31,26 @@ from loader.format import TensorInfo, read_header
 from loader.memory import BufferPool, HostBuffer
 from loader.pipeline import OpenFile, Pipeline, Stats
 from loader.plan import ALIGN, FileSpec, Plan, assign_owners, build_plan
+from tierfs import units
 
 log = logging.getLogger(__name__)
 
 PathsLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 MiB = 1 << 20
-INDEX_SUFFIX = ".index.json"
 
 
 def parse_size(value: str | int | None, what: str) -> int | None:
-    """Parse ``"16M"``, ``"1G"``, ``"65536"`` or an int.
+    """Parse ``"16M"``, ``"1GiB"``, ``"65536"`` or an int, by tierfs's rule (binary units).
 
     Raises:
         ConfigError: the value is not a size.
     """
     if value is None or value == "":
         return None
-    if isinstance(value, int):
-        return value
-    s = value.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1:], 1)
     try:
-        return int(float(s[:-1] if mult > 1 else s) * mult)
-    except ValueError:
-        raise ConfigError(None, f"{what}: {value!r} is not a size (e.g. 16M)") from None
+        return units.parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(None, f"{what}: {value!r} is not a size ({exc})") from None
 
 
 def expand_paths(paths: PathsLike) -> list[str]:

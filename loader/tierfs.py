@@ -13,18 +13,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import json
 import logging
 import os
 import threading
 from dataclasses import dataclass
 
+from tierfs.mountinfo import containing_mount
+from tierfs.xattrs import XATTR_BACKING, XATTR_TIER, XATTR_XXH3
+
 log = logging.getLogger(__name__)
 
-XATTR_TIER = "user.tierfs.tier"
-XATTR_BACKING = "user.tierfs.backing"
-XATTR_XXH3 = "user.tierfs.xxh3"
-XATTR_STATS = "user.tierfs.stats"
 
 # statfs f_type magic numbers (linux/magic.h and friends).
 _FS_MAGIC: dict[int, str] = {
@@ -94,22 +92,13 @@ def _statfs_type(path: str) -> str | None:
 
 
 def _mountinfo_type(path: str) -> str | None:
-    real = os.path.realpath(path)
-    best, best_type = "", None
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                mnt = left.split()[4].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(
-                    best
-                ):
-                    best, best_type = mnt, right.split()[0]
+        entry = containing_mount(path)
     except OSError:
         return None
-    if best_type and best_type.startswith("fuse"):
-        return "fuse"
-    return best_type
+    if entry is None:
+        return None
+    return "fuse" if entry.fstype.startswith("fuse") else entry.fstype
 
 
 def fs_type(path: str) -> str:
@@ -119,29 +108,8 @@ def fs_type(path: str) -> str:
 
 def mount_root(path: str) -> str:
     """Mount point that contains ``path``, from /proc/self/mountinfo."""
-    real = os.path.realpath(path)
-    best = "/"
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            mnt = line.split()[4].replace("\\040", " ")
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                best = mnt
-    return best
-
-
-def mount_stats(root: str) -> dict[str, int]:
-    """FUSE read counters a tierfs daemon publishes on its mount root (``user.tierfs.stats``).
-
-    Raises:
-        LoaderIOError: the path is not a tierfs mount root.
-    """
-    from loader.errors import LoaderIOError
-
-    raw = getxattr(root, XATTR_STATS)
-    if raw is None:
-        raise LoaderIOError(root, "not a tierfs mount root (no user.tierfs.stats)", None)
-    data = json.loads(raw)
-    return {str(k): int(v) for k, v in data.items() if isinstance(v, int)}
+    entry = containing_mount(path)
+    return str(entry.mountpoint) if entry is not None else "/"
 
 
 @dataclass

@@ -30,7 +30,8 @@ from bench import TierfsMount, write_section  # noqa: E402
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, env=env, cwd=env and env["TREE"])
+    cwd = env["TREE"] if env else None
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, env=env, cwd=cwd)
     return time.perf_counter() - start
 
 

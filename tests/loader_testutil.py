@@ -21,7 +21,10 @@ def raw_bytes(t: torch.Tensor) -> bytes:
     return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def digest(t: torch.Tensor) -> tuple[str, torch.dtype, tuple[int, ...]]:
+Digest = tuple[str, torch.dtype, tuple[int, ...]]
+
+
+def digest(t: torch.Tensor) -> Digest:
     """xxh3 of the bytes plus dtype and shape: what bitwise equality means here."""
     return xxhash.xxh3_64_hexdigest(raw_bytes(t)), t.dtype, tuple(t.shape)
 

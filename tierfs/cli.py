@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -24,12 +23,12 @@ from rich.markup import escape
 from tierfs import DEFAULT_CONFIG_PATH, __version__
 from tierfs.errors import ConfigError, TierfsError
 from tierfs.logsetup import setup_logging
+from tierfs.states import JobState, ModelState
 from tierfs.units import format_size
 
 if TYPE_CHECKING:
     from tierfs.config import Config
 
-log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="tierfs",
@@ -145,8 +144,9 @@ def unmount(
     config: ConfigOption = None,
 ) -> None:
     """Unmount a tierfs mount (the daemon then exits by itself)."""
-    from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry
+    from tierfs.daemon import is_tierfs, lazy_unmount
     from tierfs.errors import MountError
+    from tierfs.mountinfo import mount_entry
 
     target = (mountpoint or _config(config).mountpoint).absolute()
     if not is_tierfs(mount_entry(target)):
@@ -260,7 +260,7 @@ def _print_report(data: dict[str, Any]) -> None:
     for m in data["models"]:
         if m.get("cold_reason"):
             out.print(f"  {m['name']} stays cold: {m['cold_reason']}", markup=False)
-    active = [j for j in data["jobs"] if j["state"] in ("queued", "running")]
+    active = [j for j in data["jobs"] if JobState(j["state"]).active]
     if active:
         out.print("[bold]Copies in flight[/bold]")
         for j in active:
@@ -313,12 +313,12 @@ def promote(
             out.print(f"promoting {_e(job['model'])} to {_e(job['tier'])} (job {job['id']})")
             return
         job = _follow(client, job)
-        if job["state"] != "done":
+        if job["state"] != JobState.DONE:
             from tierfs.errors import ControlError
 
             raise ControlError(f"promotion of {job['model']} {job['state']}: {job['error']}")
         final = next((m for m in client.status()["models"] if m["name"] == job["model"]), None)
-        if final is None or final["state"] != "hot":
+        if final is None or final["state"] != ModelState.HOT:
             from tierfs.errors import ControlError
 
             state = final["state"] if final else "gone"
@@ -347,7 +347,7 @@ def _follow(client: Any, job: dict[str, Any]) -> dict[str, Any]:
         task = progress.add_task(
             f"{_e(job['model'])} -> {_e(job['tier'])}", total=job["bytes_total"]
         )
-        while job["state"] in ("queued", "running"):
+        while JobState(job["state"]).active:
             time.sleep(0.2)
             job = client.job(job["id"])
             progress.update(task, completed=job["bytes_done"], total=job["bytes_total"])

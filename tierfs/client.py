@@ -9,14 +9,11 @@ from __future__ import annotations
 import errno
 import http.client
 import json
-import logging
 import socket
 from pathlib import Path
 from typing import Any
 
 from tierfs.errors import ControlError
-
-log = logging.getLogger(__name__)
 
 
 class _UnixConnection(http.client.HTTPConnection):

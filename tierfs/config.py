@@ -6,7 +6,6 @@ configs written for an older version keep working.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import tomllib
@@ -28,9 +27,6 @@ from pydantic import (
 from tierfs import DEFAULT_CONFIG_PATH
 from tierfs.errors import ConfigError
 from tierfs.units import format_size, parse_size, short_repr
-
-log = logging.getLogger(__name__)
-
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

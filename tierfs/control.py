@@ -75,7 +75,7 @@ class ControlService(Protocol):
 
     async def fsck(self, deep: bool) -> dict[str, Any]: ...
 
-    def metrics(self) -> dict[str, Any]: ...
+    async def metrics(self) -> dict[str, Any]: ...
 
 
 class _Body(BaseModel):
@@ -151,15 +151,18 @@ async def _body(request: Request, model: type[B]) -> B:
         raise ControlError(f'"{where}": {first["msg"]}', errno=errno.EINVAL) from None
 
 
-class _Collector:
-    """Exposes the daemon's counters to Prometheus at scrape time."""
+class _Snapshot:
+    """The daemon's counters of one scrape, as Prometheus families.
 
-    def __init__(self, service: ControlService) -> None:
-        self.service = service
+    Gathered by an async call beforehand: prometheus_client collects synchronously, and
+    some counters come from the catalog, which is never read on the trio thread.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
 
     def collect(self) -> Any:
-        data = self.service.metrics()
-        for name, (kind, help_text, samples) in data.items():
+        for name, (kind, help_text, samples) in self.data.items():
             family: Any
             if kind == "counter":
                 family = CounterMetricFamily(name, help_text, labels=list(samples[0][0]))
@@ -172,9 +175,6 @@ class _Collector:
 
 def make_app(service: ControlService) -> Starlette:
     """The ASGI app of the control API."""
-    registry = CollectorRegistry()
-    registry.register(_Collector(service))
-    Gauge("tierfs_up", "1 while the daemon serves", registry=registry).set(1)
 
     @_json_errors
     async def status(request: Request) -> Response:
@@ -222,6 +222,9 @@ def make_app(service: ControlService) -> Starlette:
 
     @_json_errors
     async def metrics(request: Request) -> Response:
+        registry = CollectorRegistry()
+        registry.register(_Snapshot(await service.metrics()))
+        Gauge("tierfs_up", "1 while the daemon serves", registry=registry).set(1)
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     async def http_error(request: Request, exc: Exception) -> Response:

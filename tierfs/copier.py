@@ -12,7 +12,6 @@ This module is blocking: the mover runs `copy_file` on a worker thread.
 from __future__ import annotations
 
 import errno
-import logging
 import mmap
 import os
 import threading
@@ -27,8 +26,6 @@ import xxhash
 from tierfs.errors import TierfsError
 from tierfs.iobuf import io_buffer
 from tierfs.tiers import unlink_quietly
-
-log = logging.getLogger(__name__)
 
 ALIGN = 4096
 DEFAULT_CHUNK = 8 << 20
@@ -52,7 +49,6 @@ class CopyVerifyError(CopyError):
 class CopyResult:
     xxh3: str
     size: int
-    direct_io: bool
 
 
 def hash_file(path: Path, chunk: int = VERIFY_CHUNK) -> str:
@@ -170,7 +166,7 @@ def _copy_and_hash(
             os.close(dst)
     finally:
         os.close(src)
-    return CopyResult(xxh3=digest, size=size, direct_io=direct)
+    return CopyResult(xxh3=digest, size=size)
 
 
 def _flush_to_tier(fd: int, temp: Path) -> None:

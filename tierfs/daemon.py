@@ -15,19 +15,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
-from tierfs.catalog import Catalog
+from tierfs.catalog import Catalog, ReplicaState
 from tierfs.config import Config
 from tierfs.control import serve_control
 from tierfs.errors import MountError
 from tierfs.fs import TierfsOperations
 from tierfs.fsck import FsckReport, check
+from tierfs.mountinfo import MountEntry, mount_entry
 from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
 from tierfs.placement import Placement
@@ -42,50 +42,6 @@ FSNAME = "tierfs"
 # Logged once the mount answers requests; `spawn_daemon` and the tests wait for it.
 SERVING = "serving"
 ACCESS_FLUSH_INTERVAL_S = 5.0
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo."""
-
-    mountpoint: Path
-    fstype: str
-    source: str
-    major_minor: str
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and i + 4 <= len(field):
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_entry(path: Path) -> MountEntry | None:
-    """The mount at exactly `path`, if any, read without touching the path itself.
-
-    A dead FUSE daemon leaves a mount whose stat hangs or fails with ENOTCONN, so this
-    reads the kernel's table instead.
-    """
-    target = os.path.abspath(path)
-    found: MountEntry | None = None
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            rfields = right.split()
-            if len(fields) < 5 or len(rfields) < 2:
-                continue
-            if _unescape(fields[4]) == target:
-                # The last entry wins: mounts stack.
-                found = MountEntry(Path(target), rfields[0], _unescape(rfields[1]), fields[2])
-    return found
 
 
 def is_tierfs(entry: MountEntry | None) -> bool:
@@ -211,6 +167,7 @@ class Daemon:
         StateDirError: the state directory is untrusted, or another process holds it.
         TierError: a tier is missing, too small or not RAM-backed.
         CatalogError: the catalog is unusable.
+        NamespaceError: the first cold store cannot be read.
     """
 
     def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
@@ -223,11 +180,17 @@ class Daemon:
         try:
             # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
             self.catalog = Catalog(config.catalog_path)
-            self.tiers = prepare_tiers(config.tier)
         except BaseException:
             self.state.close()
             raise
-        self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
+        try:
+            # The cold stores before the tiers, for the same reason.
+            self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
+            self.tiers = prepare_tiers(config.tier)
+        except BaseException:
+            self.catalog.close()
+            self.state.close()
+            raise
         self.placement = Placement(self.catalog)
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
         self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
@@ -390,6 +353,8 @@ class DaemonControl:
         inventory = await d.mover.inventory(refresh=True)
         jobs = [j.to_json() for j in d.mover.jobs()]
         reasons = d.mover.cold_reasons()
+        # Opens reach the catalog only at the next flush; the status shows them at once.
+        accessed = d.placement.last_accesses()
         report = await trio.to_thread.run_sync(
             lambda: build_report(
                 d.config,
@@ -398,7 +363,7 @@ class DaemonControl:
                 d.namespace,
                 jobs=jobs,
                 cold_reasons=reasons,
-                last_access={},
+                last_access=accessed,
                 running=True,
             )
         )
@@ -434,7 +399,7 @@ class DaemonControl:
         busy = frozenset(
             (r.file_id, r.tier)
             for r in await trio.to_thread.run_sync(d.catalog.replicas)
-            if r.state.value == "copying"
+            if r.state is ReplicaState.COPYING
         )
         token = trio.lowlevel.current_trio_token()
         withdrawn: list[tuple[str, str]] = []
@@ -465,10 +430,10 @@ class DaemonControl:
                 await d.operations.forget_cached(store, relpath)
         return report.to_json()
 
-    def metrics(self) -> dict[str, Any]:
+    async def metrics(self) -> dict[str, Any]:
         d = self.daemon
         s = d.readpath.stats
-        usage = d.catalog.tier_usage()
+        usage = await trio.to_thread.run_sync(d.catalog.tier_usage)
         return {
             "tierfs_read_bytes_total": (
                 "counter",

@@ -7,9 +7,6 @@ Every error carries the path it concerns and an errno, so that the FUSE boundary
 from __future__ import annotations
 
 import errno as _errno
-import logging
-
-log = logging.getLogger(__name__)
 
 
 class TierfsError(Exception):

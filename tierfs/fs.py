@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from tierfs import xattrs
 from tierfs.errors import TierfsError
 from tierfs.namespace import ROOT_INODE, Kind, Namespace, Node
 from tierfs.placement import Placement
@@ -25,10 +26,11 @@ from tierfs.readpath import ReadPath
 
 log = logging.getLogger(__name__)
 
-XATTR_TIER = b"user.tierfs.tier"
-XATTR_BACKING = b"user.tierfs.backing"
-XATTR_XXH3 = b"user.tierfs.xxh3"
-XATTR_STATS = b"user.tierfs.stats"
+# pyfuse3 passes xattr names as bytes.
+XATTR_TIER = xattrs.XATTR_TIER.encode()
+XATTR_BACKING = xattrs.XATTR_BACKING.encode()
+XATTR_XXH3 = xattrs.XATTR_XXH3.encode()
+XATTR_STATS = xattrs.XATTR_STATS.encode()
 FILE_XATTRS = (XATTR_TIER, XATTR_BACKING, XATTR_XXH3)
 
 # Attributes never change while served, so the kernel may keep them long; a cold file

@@ -5,15 +5,11 @@ Used by ``tierfs status`` without a running mount, and by the daemon for its own
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from tierfs.config import Config
 from tierfs.models import Model, ModelProblem, scan_models
 from tierfs.namespace import ColdStore, Conflict, Namespace, NamespaceTreeView
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,23 +19,6 @@ class Inventory:
     models: tuple[Model, ...]
     problems: tuple[ModelProblem, ...]
     conflicts: tuple[Conflict, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "models": [
-                {
-                    "name": m.name,
-                    "kind": str(m.kind),
-                    "root": m.root,
-                    "size": m.size,
-                    "files": list(m.files),
-                    "aliases": list(m.aliases),
-                }
-                for m in self.models
-            ],
-            "problems": [asdict(p) for p in self.problems],
-            "conflicts": [asdict(c) for c in self.conflicts],
-        }
 
 
 def namespace_for(config: Config) -> Namespace:

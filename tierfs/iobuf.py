@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import mmap
-
-log = logging.getLogger(__name__)
 
 
 def io_buffer(size: int) -> mmap.mmap:

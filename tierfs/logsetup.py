@@ -6,8 +6,6 @@ import logging
 import os
 import sys
 
-log = logging.getLogger(__name__)
-
 # sd-daemon(3) priority prefixes; journald strips them and records the level.
 _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,

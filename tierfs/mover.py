@@ -16,11 +16,10 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 
@@ -34,21 +33,17 @@ from tierfs.models import Model, find_model, models_by_file
 from tierfs.namespace import Kind, Namespace, Node
 from tierfs.placement import Placement
 from tierfs.readpath import Backing
+from tierfs.states import JobState
 from tierfs.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
 # Finished jobs kept for `tierfs status` and the API; older ones are forgotten, so the
 # history (and every status answer) stays small however long the mount runs.
 JOB_HISTORY = 100
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 @dataclass
@@ -75,7 +70,7 @@ class Job:
 
     @property
     def active(self) -> bool:
-        return self.state in (JobState.QUEUED, JobState.RUNNING)
+        return self.state.active
 
     def to_json(self) -> dict[str, Any]:
         elapsed = (self.finished or time.time()) - self.started
@@ -169,7 +164,7 @@ class Mover:
                     log.warning("pinned model %s cannot be promoted: %s", model, exc)
             await trio.sleep_forever()
 
-    async def _db(self, fn: Any, *args: Any) -> Any:
+    async def _db(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._catalog_limiter)
 
     async def inventory(self, *, refresh: bool = False) -> Inventory:
@@ -220,9 +215,6 @@ class Mover:
 
     def job(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
-
-    def active_job(self, model: str) -> Job | None:
-        return self._active.get(model)
 
     # Promotion --------------------------------------------------------------------------
 
@@ -603,14 +595,13 @@ class Mover:
     async def _promote_if_cold(self, name: str) -> None:
         if name in self._active:
             return
-        # The name came from this inventory a moment ago: no need to look for changes.
-        model = find_model((await self.inventory()).models, name)
-        for relpath in model.files:
-            if self.placement.hot_backing(self._key_of(relpath)) is None:
-                break
-        else:
-            return
+        # This runs in the mover's nursery: anything raised here would take the daemon
+        # down, and the model may vanish between the open and this task (a rescan).
         try:
+            # The name came from the inventory a moment ago: no need to look for changes.
+            model = find_model((await self.inventory()).models, name)
+            if all(self.placement.hot_backing(self._key_of(f)) is not None for f in model.files):
+                return
             await self.promote(name, None, reason="opened")
         except TierfsError as exc:
             log.info("not promoting %s on open: %s", name, exc)

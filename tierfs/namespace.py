@@ -23,7 +23,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -114,7 +114,6 @@ class Node:
     # (store, mtime_ns) of every backing directory when this directory was last scanned.
     stamp: tuple[tuple[str, int], ...] | None = None
     scanned_ns: int = 0
-    conflicts_seen: set[str] = field(default_factory=set)
 
     @property
     def is_dir(self) -> bool:

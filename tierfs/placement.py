@@ -100,6 +100,10 @@ class Placement:
     def last_access(self, key: FileKey) -> float:
         return self._last_access.get(key, 0.0)
 
+    def last_accesses(self) -> dict[FileKey, float]:
+        """Every file's last open, including those not yet flushed to the catalog."""
+        return dict(self._last_access)
+
     async def open(self, node: Node, readpath: ReadPath) -> OpenFile:
         """Open the copy that serves `node` now; the open is counted.
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 from pathlib import Path
 
 from tierfs.errors import StateDirError
 from tierfs.trust import PRIVATE_MODE, untrusted_entry
-
-log = logging.getLogger(__name__)
 
 LOCK_NAME = "lock"
 

@@ -6,7 +6,6 @@ The running daemon builds it for the control API (and so for the CLI and the web
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,8 +16,7 @@ from tierfs.config import Config
 from tierfs.errors import TierfsError
 from tierfs.inventory import Inventory, take_inventory
 from tierfs.namespace import Kind, Namespace
-
-log = logging.getLogger(__name__)
+from tierfs.states import JobState, ModelState
 
 
 def tier_rows(config: Config, usage: dict[str, int]) -> list[dict[str, Any]]:
@@ -70,7 +68,7 @@ def build_report(
     pins = catalog.pins()
     events = catalog.model_events()
     jobs = list(jobs)
-    active = {j["model"]: j for j in jobs if j["state"] in ("queued", "running")}
+    active = {j["model"]: j for j in jobs if JobState(j["state"]).active}
     reasons = {m: r for m, (_, r) in events.items() if r}
     reasons.update(cold_reasons or {})
     models = []
@@ -107,13 +105,13 @@ def build_report(
                 hot_bytes += hot[0][1]
                 tiers.update(t for t, _ in hot)
         if model.name in active:
-            model_state = "promoting"
+            model_state = ModelState.PROMOTING
         elif files and hot_files == files:
-            model_state = "hot"
+            model_state = ModelState.HOT
         elif hot_files:
-            model_state = "partial"
+            model_state = ModelState.PARTIAL
         else:
-            model_state = "cold"
+            model_state = ModelState.COLD
         models.append(
             {
                 "name": model.name,
@@ -121,13 +119,13 @@ def build_report(
                 "root": model.root,
                 "size": model.size,
                 "files": list(model.files),
-                "state": model_state,
+                "state": str(model_state),
                 "tiers": sorted(tiers),
                 "hot_bytes": hot_bytes,
                 "pinned": model.name in pins,
                 "pin_tier": pins.get(model.name),
                 "last_access": accessed or None,
-                "cold_reason": reasons.get(model.name) if model_state != "hot" else None,
+                "cold_reason": None if model_state is ModelState.HOT else reasons.get(model.name),
                 "aliases": list(model.aliases),
             }
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tierfs.config import TierConfig, format_size
 from tierfs.errors import TierError
+from tierfs.mountinfo import MountEntry, containing_mount
 from tierfs.trust import PRIVATE_MODE, untrusted_entry
 
 log = logging.getLogger(__name__)
@@ -28,39 +29,19 @@ HOT_DIR = "hot"
 TMP_DIR = ".tmp"
 
 
-@dataclass(frozen=True)
-class FsInfo:
-    """The file system a path lies on, from /proc/self/mountinfo."""
-
-    mountpoint: Path
-    fstype: str
-    source: str
-
-
-def filesystem_of(path: Path) -> FsInfo:
-    """The mount that contains `path` (the longest mountpoint prefix).
+def filesystem_of(path: Path) -> MountEntry:
+    """The mount that contains `path`.
 
     Raises:
         TierError: /proc/self/mountinfo cannot be read.
     """
-    target = os.path.realpath(path)
-    best: FsInfo | None = None
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        found = containing_mount(path)
     except OSError as exc:
         raise TierError(f"cannot read mountinfo: {exc.strerror}", errno=exc.errno or 5) from None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 2:
-            continue
-        mountpoint = fields[4].replace("\\040", " ")
-        inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
-        if inside and (best is None or len(mountpoint) >= len(str(best.mountpoint))):
-            best = FsInfo(Path(mountpoint), rfields[0], rfields[1])
-    if best is None:
+    if found is None:
         raise TierError(f"{path} lies on no mounted file system", path=str(path))
-    return best
+    return found
 
 
 @dataclass

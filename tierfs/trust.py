@@ -8,12 +8,9 @@ This is checked at every start, not only when tierfs creates the directory.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 PRIVATE_MODE = 0o700
 

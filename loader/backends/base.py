@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import abc
-import ctypes
 import errno
-import logging
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -14,8 +12,6 @@ import torch
 
 from loader.errors import BackendUnavailableError, LoaderIOError
 from loader.tierfs import ResolvedFile
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,6 +104,3 @@ def pread_full(fd: int, path: str, buf: memoryview, offset: int, need: int) -> i
             errno.EIO,
         )
     return done
-
-
-_memmove = ctypes.memmove

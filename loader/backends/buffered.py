@@ -9,14 +9,11 @@ balances the split by itself.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 
 from loader.backends.base import Backend, BackendFile, OpenContext, pread_full
 from loader.tierfs import ResolvedFile
-
-log = logging.getLogger(__name__)
 
 _HYBRID = os.environ.get("LOADER_HYBRID", "1") == "1"
 

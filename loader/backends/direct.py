@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import mmap
 import os
 
@@ -18,8 +17,6 @@ from loader.backends.base import (
 from loader.errors import LoaderIOError
 from loader.plan import ALIGN
 from loader.tierfs import ResolvedFile
-
-log = logging.getLogger(__name__)
 
 
 class DirectFile(BackendFile):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -11,8 +10,6 @@ import torch
 
 from loader.errors import CheckpointError
 from loader.session import safe_open
-
-log = logging.getLogger(__name__)
 
 
 def checkpoint_paths(model: str, revision: str | None = None) -> str | list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sqlite3
 import subprocess
 import time
@@ -17,6 +16,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.fuse import tierutil as tu
 from tests.fuse.conftest import Mount, file_hash, wait_until, xxh
 from tests.fuse.conftest import run_cli as cli
 from tierfs.client import ControlClient
@@ -26,21 +26,9 @@ MiB = 1 << 20
 TIER = "ram0"
 
 
-def tier_toml(path: Path, *, size: str = "64M", policy: str = "") -> str:
-    """A [[tier]] and a [policy] (promote on open off unless `policy` says otherwise)."""
-    lines = [
-        "[[tier]]",
-        f'name = "{TIER}"',
-        f'path = "{path}"',
-        f'size = "{size}"',
-        "rank = 0",
-        "[policy]",
-    ]
-    if "promote_on_open" not in policy:
-        lines.append("promote_on_open = false")
-    if policy:
-        lines.append(policy)
-    return "\n".join(lines) + "\n"
+def manual_tier_toml(path: Path, size: str = "64M") -> str:
+    """The tier these tests use, with promotion on open off: models move only when told."""
+    return tu.tier_toml(TIER, path, size) + tu.policy_toml(promote_on_open=False)
 
 
 class TierDirs:
@@ -63,34 +51,9 @@ class TierDirs:
                 subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
-def cli_ok(config: Path, *args: str, timeout: float = 120) -> str:
-    result = cli(config, *args, timeout=timeout)
-    assert result.returncode == 0, (
-        f"tierfs {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    )
-    return result.stdout
-
-
-def status_json(config: Path) -> dict[str, object]:
-    return dict(json.loads(cli_ok(config, "status", "--json")))
-
-
 def control(mount: Mount) -> ControlClient:
     """A client of the running daemon's control socket (cheaper than a CLI process)."""
     return ControlClient(mount.state_dir / "control.sock", timeout=60)
-
-
-def promote_wait(mount: Mount, model: str, tier: str | None = None, timeout: float = 60) -> dict:
-    """Promote through the control API and wait for the job to end; returns the job."""
-    with control(mount) as client:
-        job = client.promote(model, tier)
-        deadline = time.monotonic() + timeout
-        while job["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, f"promotion of {model} hangs: {job}"
-            time.sleep(0.05)
-            job = client.job(job["id"])
-    assert job["state"] == "done", job
-    return job
 
 
 def model_state(mount: Mount, name: str) -> dict[str, object]:
@@ -245,13 +208,6 @@ def restart(mount: Mount, timeout: float = 30.0) -> Mount:
 # Cold stores ----------------------------------------------------------------------------
 
 
-def write_random(path: Path, size: int, seed: int) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = random.Random(seed).randbytes(size)
-    path.write_bytes(data)
-    return xxh(data)
-
-
 HF_MODEL = "hf/mini"
 
 
@@ -265,7 +221,7 @@ def build_hf_model(cold: Path, seed: int = 7) -> dict[str, str]:
     hashes[f"{HF_MODEL}/config.json"] = xxh(config)
     for i, size in enumerate((3 * MiB + 123, 2 * MiB - 77, 40_000)):
         name = f"model-0000{i + 1}-of-00002.safetensors" if i < 2 else "tokenizer.json"
-        hashes[f"{HF_MODEL}/{name}"] = write_random(cold / rel / name, size, seed + i)
+        hashes[f"{HF_MODEL}/{name}"] = tu.write_random(cold / rel / name, size, seed + i)
     return hashes
 
 

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def check_hub_download(mnt: Path, cold: Path) -> None:
         assert file_hash(path) == file_hash(cold_blob)
 
 
-def logits_of(model_dir_or_id: str | Path, **kwargs: object) -> torch.Tensor:
+def logits_of(model_dir_or_id: str | Path, **kwargs: Any) -> torch.Tensor:
     model = LlamaForCausalLM.from_pretrained(model_dir_or_id, **kwargs)
     model.eval()
     with torch.no_grad():

@@ -18,11 +18,11 @@ from tests.fuse.crashutil import (
     TIER,
     TierDirs,
     build_hf_model,
-    cli_ok,
+    manual_tier_toml,
     read_through,
-    tier_toml,
     xxh,
 )
+from tests.fuse.tierutil import cli_ok
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -40,7 +40,7 @@ def api_mount(tiers: TierDirs, mount_factory: MountFactory, cold_store: Path) ->
     # Each copy pauses a moment once written, so a job can be watched while it runs.
     return mount_factory(
         [("cold", cold_store)],
-        extra=tier_toml(tiers.new()),
+        extra=manual_tier_toml(tiers.new()),
         env={"TIERFS_FAULT_PAUSE": "copy_written", "TIERFS_FAULT_PAUSE_S": "0.3"},
     )
 
@@ -171,11 +171,11 @@ def test_job_progresses_to_done_and_metrics_follow(
     # Without a daemon, `tierfs status` reads the catalog and still knows what is hot.
     assert api_mount.stop() == 0
     assert not (api_mount.state_dir / "control.sock").exists() or not _answers(http)
-    offline = json.loads(cli_ok(api_mount.config, "status", "--json"))
+    offline = json.loads(cli_ok(api_mount.config, "status", "--json").stdout)
     assert offline["running"] is False
     (model,) = offline["models"]
     assert model["state"] == "hot" and model["tiers"] == [TIER], model
-    text = cli_ok(api_mount.config, "status")
+    text = cli_ok(api_mount.config, "status").stdout
     assert "not mounted" in text
     row = next(line for line in text.splitlines() if line.strip().startswith(HF_MODEL))
     assert "hot" in row.split() and TIER in row, row

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from tests.fuse import controlprobe as cp
 from tests.fuse.conftest import Mount, MountFactory
-from tests.fuse.crashutil import HF_MODEL, TierDirs, build_hf_model, read_through, tier_toml, xxh
+from tests.fuse.crashutil import (
+    HF_MODEL,
+    TierDirs,
+    build_hf_model,
+    manual_tier_toml,
+    read_through,
+    xxh,
+)
 from tierfs.mover import JOB_HISTORY
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -38,7 +45,7 @@ def rig(
 ) -> Iterator[tuple[Mount, dict[str, str]]]:
     dirs = TierDirs(tmp_path)
     hashes = build_hf_model(cold_store)
-    yield mount_factory([("cold", cold_store)], extra=tier_toml(dirs.new())), hashes
+    yield mount_factory([("cold", cold_store)], extra=manual_tier_toml(dirs.new())), hashes
     dirs.cleanup()
 
 

@@ -16,11 +16,10 @@ from tests.fuse.crashutil import (
     TierDirs,
     cli,
     control,
+    manual_tier_toml,
     model_state,
-    promote_wait,
-    tier_toml,
-    write_random,
 )
+from tests.fuse.tierutil import promote_wait, write_random
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,7 +41,7 @@ def _age(*paths: Path) -> None:
 
 
 def _mount(factory: MountFactory, cold: Path, tiers: TierDirs) -> Mount:
-    return factory([("cold", cold)], extra=tier_toml(tiers.new()))
+    return factory([("cold", cold)], extra=manual_tier_toml(tiers.new()))
 
 
 def test_names_that_look_like_markup_are_shown_as_they_are(
@@ -92,5 +91,5 @@ def test_models_added_after_the_mount_are_found_without_listing_them(
         write_random(cold_store / "org" / "deeper.gguf", 8192, seed=3)
         names = {m["name"] for m in client.status()["models"]}
         assert names == {"first.gguf", "later.gguf", "org/deeper.gguf"}, names
-    assert promote_wait(mount, "org/deeper.gguf")["state"] == "done"
+    assert promote_wait(mount.state_dir, "org/deeper.gguf")["state"] == "done"
     assert model_state(mount, "org/deeper.gguf")["state"] == "hot"

@@ -22,7 +22,8 @@ import pytest
 import xxhash
 
 from tests.fuse.conftest import Mount, MountFactory, file_hash, wait_until, write_config
-from tierfs.daemon import is_tierfs, lazy_unmount, mount_entry
+from tierfs.daemon import is_tierfs, lazy_unmount
+from tierfs.mountinfo import MountEntry, mount_entry, read_mounts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 90
@@ -97,17 +98,16 @@ def pid_gone(pid: int) -> bool:
     return "Z" in state.split()[1]
 
 
-def mountinfo_line(mountpoint: Path) -> str:
-    """The top mountinfo line at `mountpoint`, or ""."""
-    lines = mounts_at(mountpoint)
-    return lines[-1] if lines else ""
+def super_options(mountpoint: Path) -> list[str]:
+    """The options of the file system mounted on top at `mountpoint`."""
+    entry = mount_entry(mountpoint)
+    assert entry is not None, f"nothing is mounted at {mountpoint}"
+    return entry.super_options.split(",")
 
 
-def mounts_at(mountpoint: Path) -> list[str]:
-    """Every mountinfo line whose mount point is exactly `mountpoint` (mounts stack)."""
-    target = os.path.abspath(mountpoint)
-    with open("/proc/self/mountinfo") as f:
-        return [line for line in f if line.split()[4] == target]
+def mounts_at(mountpoint: Path) -> list[MountEntry]:
+    """Every mount whose mount point is exactly `mountpoint` (mounts stack)."""
+    return [e for e in read_mounts() if e.mountpoint == mountpoint]
 
 
 @contextlib.contextmanager
@@ -156,9 +156,10 @@ def test_signal_unmounts_cleanly_and_exits_zero(
     m = mount_factory([("c", cold_store)])
     for rel, data in files.items():
         assert (m.mountpoint / rel).read_bytes() == data
-    with open(m.mountpoint / "top.bin", "rb"):  # an open handle must not block unmounting
-        pass
-    rc = m.stop(sig)
+    # An open handle must not block unmounting: it stays open across the stop.
+    with open(m.mountpoint / "top.bin", "rb") as handle:
+        assert handle.read(4096) == files["top.bin"][:4096]
+        rc = m.stop(sig)
     assert rc == 0, m.log_text()
     assert mount_entry(m.mountpoint) is None
     assert not os.path.ismount(m.mountpoint)
@@ -240,11 +241,11 @@ def test_mount_refuses_busy_mountpoint(
     other = tmp_path / "other"
     other.mkdir()
     with mounted(kind, m.mountpoint, other):
-        before = mountinfo_line(m.mountpoint)
+        before = mount_entry(m.mountpoint)
         proc = tierfs_cli("mount", "--foreground", "-c", str(m.config))
         assert_one_line_refusal(proc, str(m.mountpoint), "busy")
         # The other file system is left alone.
-        assert mountinfo_line(m.mountpoint) == before
+        assert mount_entry(m.mountpoint) == before
     assert mount_entry(m.mountpoint) is None
 
 
@@ -552,7 +553,7 @@ def test_allow_other_lets_another_user_read_and_default_permissions_enforces_mod
 ) -> None:
     m = mount_shared(shared_base, "allow_other = true\n")
     shared_mounts.append(m)
-    options = mountinfo_line(m.mountpoint).partition(" - ")[2].split()[2].split(",")
+    options = super_options(m.mountpoint)
     assert "allow_other" in options, options
     assert "default_permissions" in options, options
 
@@ -572,7 +573,7 @@ def test_without_allow_other_another_user_is_refused(
 ) -> None:
     m = mount_shared(shared_base, "")
     shared_mounts.append(m)
-    options = mountinfo_line(m.mountpoint).partition(" - ")[2].split()[2].split(",")
+    options = super_options(m.mountpoint)
     assert "allow_other" not in options, options
     refused = as_nobody("cat", str(m.mountpoint / "public" / "open.bin"))
     assert refused.returncode != 0

@@ -19,12 +19,12 @@ from safetensors.torch import save_file
 import loader
 from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.tierutil import cli_ok, lazy_umount
-from tests.loader_testutil import digest
+from tests.loader_testutil import Digest, digest
 
 MODEL = "ckpt"
 
 
-def write_checkpoint(store: Path) -> dict[str, object]:
+def write_checkpoint(store: Path) -> dict[str, Digest]:
     """An HF-style two-shard checkpoint of 16 MiB; returns the digest of every tensor."""
     model_dir = store / MODEL
     model_dir.mkdir(parents=True)
@@ -44,7 +44,7 @@ def fuse_bytes(mount: Mount) -> int:
     return stats["read_bytes"] + stats["pushed_bytes"]
 
 
-def load_and_count(mount: Mount, backend: str | None) -> tuple[dict[str, object], int, list[str]]:
+def load_and_count(mount: Mount, backend: str | None) -> tuple[dict[str, Digest], int, list[str]]:
     before = fuse_bytes(mount)
     with loader.safe_open(mount.mountpoint / MODEL, backend=backend, verify=True) as f:
         read_paths = [of.rf.read_path for of in f.files]
@@ -162,7 +162,7 @@ def test_loader_falls_back_through_the_mount_when_the_backing_copy_is_out_of_rea
     assert child.returncode == 0, child.stderr
     result = json.loads(child.stdout)
     assert all(p.startswith(str(mount.mountpoint)) for p in result["paths"]), result["paths"]
-    assert result["got"] == {k: list(map(str, v)) for k, v in expected.items()}  # type: ignore[call-overload]
+    assert result["got"] == {k: list(map(str, v)) for k, v in expected.items()}
     assert fuse_bytes(mount) - before >= 16 << 20
     # The cold store in our own namespace was never touched by the bind mount.
     assert (cold_store / MODEL / "config.json").exists()

@@ -29,9 +29,9 @@ from tests.fuse.crashutil import (
     assert_serves_cold_bytes,
     build_hf_model,
     control,
-    tier_toml,
-    write_random,
+    manual_tier_toml,
 )
+from tests.fuse.tierutil import write_random
 from tierfs.errors import ControlError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -159,7 +159,7 @@ def test_reads_stay_right_while_models_churn(
     # About half of everything fits: promotions have to evict.
     tier_size = 12 * MiB
     assert total > 1.5 * tier_size
-    mount = mount_factory([("cold", cold_store)], extra=tier_toml(tier, size="12M"))
+    mount = mount_factory([("cold", cold_store)], extra=manual_tier_toml(tier, size="12M"))
 
     stop = threading.Event()
     tally = Tally()

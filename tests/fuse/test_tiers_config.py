@@ -6,6 +6,7 @@ And the happy path: tierfs mounts its own tmpfs, of the configured size, where a
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -14,6 +15,10 @@ import pytest
 
 from tests.fuse import tierutil as tu
 from tests.fuse.conftest import Mount, MountFactory
+from tierfs.config import config_from_dict
+from tierfs.daemon import Daemon
+from tierfs.errors import NamespaceError
+from tierfs.statedir import StateDir
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard
@@ -261,3 +266,24 @@ def test_hot_copies_are_private_whatever_mode_the_tier_directory_has(
             check=False,
         )
         assert probe.returncode != 0 and b"Permission denied" in probe.stderr, probe
+
+
+def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
+    tier_guard: Path, cold_store: Path, tmp_path: Path
+) -> None:
+    cold_model(cold_store)
+    (tmp_path / "mnt").mkdir()
+    config = config_from_dict(
+        {
+            "mountpoint": str(tmp_path / "mnt"),
+            "state_dir": str(tmp_path / "state"),
+            "cold": [{"name": "c", "path": str(cold_store)}],
+            "tier": [{"name": "ram0", "path": str(tier_guard / "ram0"), "size": "64M"}],
+        }
+    )
+    # Valid when read, gone when the daemon builds its namespace.
+    shutil.rmtree(cold_store)
+    with pytest.raises(NamespaceError, match="cold store 'c'"):
+        Daemon(config)
+    assert not tu.mounts_under(tmp_path), "the refused start left its tier tmpfs mounted"
+    StateDir(config.state_dir, "test").close()  # the lock was released

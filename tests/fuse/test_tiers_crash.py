@@ -29,17 +29,16 @@ from tests.fuse.crashutil import (
     assert_fsck_clean,
     assert_serves_cold_bytes,
     build_hf_model,
-    cli_ok,
     control,
     files_under,
+    manual_tier_toml,
     model_state,
-    promote_wait,
     read_catalog,
     restart,
-    tier_toml,
     wait_for_log,
     xxh,
 )
+from tests.fuse.tierutil import cli_ok, promote_wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -60,7 +59,7 @@ def rig(tiers: TierDirs, mount_factory: MountFactory, cold_store: Path) -> Rig:
     def make(env: dict[str, str] | None = None) -> tuple[Mount, dict[str, str], Path]:
         hashes = build_hf_model(cold_store)
         tier = tiers.new()
-        mount = mount_factory([("cold", cold_store)], extra=tier_toml(tier), env=env)
+        mount = mount_factory([("cold", cold_store)], extra=manual_tier_toml(tier), env=env)
         return mount, hashes, tier
 
     return make
@@ -77,10 +76,10 @@ def _promote_and_check_hot(
     mount: Mount, cold: Path, hashes: dict[str, str], tier: Path, *, cli: bool
 ) -> None:
     if cli:
-        out = cli_ok(mount.config, "promote", "--wait", HF_MODEL)
+        out = cli_ok(mount.config, "promote", "--wait", HF_MODEL).stdout
         assert f"{HF_MODEL} is hot on {TIER}" in out
     else:
-        promote_wait(mount, HF_MODEL)
+        assert promote_wait(mount.state_dir, HF_MODEL)["state"] == "done"
     assert model_state(mount, HF_MODEL)["state"] == "hot"
     served = assert_serves_cold_bytes(mount, cold, hashes, tier)
     assert set(served.values()) == {TIER}, served
@@ -188,7 +187,7 @@ def test_a_failing_copy_fails_its_job_not_the_daemon(
     tier = tiers.new()
     mount = mount_factory(
         [("cold", cold_store)],
-        extra=tier_toml(tier, size="8M"),
+        extra=manual_tier_toml(tier, size="8M"),
         env={"TIERFS_FAULT_PAUSE": "copy_started", "TIERFS_FAULT_PAUSE_S": "3"},
     )
     with control(mount) as client:
@@ -214,7 +213,7 @@ def test_a_failing_copy_fails_its_job_not_the_daemon(
     assert_fsck_clean(mount.config)
 
     filler.unlink()
-    promote_wait(mount, HF_MODEL)
+    assert promote_wait(mount.state_dir, HF_MODEL)["state"] == "done"
     served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
     assert set(served.values()) == {TIER}, served
     assert len(assert_catalog_consistent(mount.state_dir, tier)) == len(hashes)
@@ -226,7 +225,7 @@ def test_an_open_that_races_an_eviction_falls_back_to_cold(rig: Rig, cold_store:
     mount, hashes, tier = rig(
         env={"TIERFS_FAULT_PAUSE": "backing_open", "TIERFS_FAULT_PAUSE_S": "3"}
     )
-    promote_wait(mount, HF_MODEL)
+    assert promote_wait(mount.state_dir, HF_MODEL)["state"] == "done"
     rel = f"{HF_MODEL}/model-00001-of-00002.safetensors"
     hot = tier / "hot" / "cold" / rel
     assert hot.exists()

@@ -29,15 +29,14 @@ from tests.fuse.crashutil import (
     control,
     file_hash,
     files_under,
-    promote_wait,
+    manual_tier_toml,
     read_catalog,
     read_through,
     restart,
-    tier_toml,
-    write_random,
     xxh,
 )
-from tierfs.daemon import mount_entry
+from tests.fuse.tierutil import promote_wait, write_random
+from tierfs.mountinfo import mount_entry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -68,9 +67,9 @@ def rig(tiers: TierDirs, mount_factory: MountFactory, cold_store: Path) -> Rig:
         for d in (cold_store / "lone", cold_store / HF_MODEL, cold_store / "hf", cold_store):
             _age(d)
         tier = tiers.new()
-        mount = mount_factory([("cold", cold_store)], extra=tier_toml(tier))
+        mount = mount_factory([("cold", cold_store)], extra=manual_tier_toml(tier))
         for model in (LONE, HF_MODEL):
-            promote_wait(mount, model)
+            assert promote_wait(mount.state_dir, model)["state"] == "done"
         served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
         assert set(served.values()) == {TIER}
         return mount, hashes, tier
@@ -163,7 +162,7 @@ def test_cold_file_changed_while_unmounted_drops_the_hot_copy(
     assert_catalog_consistent(mount.state_dir, tier)
     assert_fsck_clean(mount.config)
     # And it can be promoted again, with its new bytes.
-    promote_wait(mount, LONE)
+    assert promote_wait(mount.state_dir, LONE)["state"] == "done"
     assert file_hash(_hot_path(tier, LONE)) == digest
     assert os.getxattr(mount.mountpoint / LONE, "user.tierfs.xxh3").decode() == digest
     assert xxh(read_through(mount.mountpoint, LONE)) == digest
@@ -271,7 +270,7 @@ def test_newer_catalog_schema_is_refused_with_one_line(
 ) -> None:
     write_random(cold_store / LONE, 4096, seed=1)
     tier = tiers.new()
-    mount = mount_factory([("cold", cold_store)], extra=tier_toml(tier))
+    mount = mount_factory([("cold", cold_store)], extra=manual_tier_toml(tier))
     assert mount.stop() == 0
     with closing(sqlite3.connect(mount.state_dir / "catalog.sqlite")) as db:
         db.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")

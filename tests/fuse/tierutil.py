@@ -22,6 +22,7 @@ import pytest
 from tests.fuse.conftest import file_hash, xxh
 from tests.fuse.conftest import run_cli as cli
 from tierfs.client import ControlClient
+from tierfs.mountinfo import read_mounts
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -116,8 +117,9 @@ class SplitReader:
 # The CLI and the control API -------------------------------------------------------------
 
 
-def cli_ok(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = cli(config, *args)
+def cli_ok(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; it must succeed."""
+    result = cli(config, *args, timeout=timeout)
     assert result.returncode == 0, (
         f"tierfs {' '.join(args)} exited {result.returncode}\n"
         f"stdout: {result.stdout}\nstderr: {result.stderr}"
@@ -187,11 +189,13 @@ def wait_idle(state_dir: Path, timeout: float = 20.0) -> dict[str, Any]:
     return wait_for(probe, timeout, what="jobs to finish")
 
 
-def promote_wait(state_dir: Path, model: str, tier: str | None = None) -> dict[str, Any]:
+def promote_wait(
+    state_dir: Path, model: str, tier: str | None = None, timeout: float = 60
+) -> dict[str, Any]:
     """Promote through the control API and wait for the job; returns the finished job."""
     with client(state_dir) as c:
         job = c.promote(model, tier)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while job["state"] in ("queued", "running"):
             assert time.monotonic() < deadline, f"promotion of {model} never ended: {job}"
             time.sleep(0.05)
@@ -243,16 +247,12 @@ def policy_toml(**values: object) -> str:
 
 def mounts_under(root: Path) -> list[tuple[str, str, str]]:
     """(mountpoint, fstype, super options) of every mount at or below `root`."""
-    base = os.path.realpath(root)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            point = fields[4].replace("\\040", " ")
-            if point == base or point.startswith(base.rstrip("/") + "/"):
-                found.append((point, rfields[0], rfields[2] if len(rfields) > 2 else ""))
-    return found
+    base = Path(os.path.realpath(root))
+    return [
+        (str(e.mountpoint), e.fstype, e.super_options)
+        for e in read_mounts()
+        if e.mountpoint == base or base in e.mountpoint.parents
+    ]
 
 
 def lazy_umount(path: Path | str) -> None:

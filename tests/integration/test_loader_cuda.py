@@ -41,7 +41,9 @@ def ckpt(tmp_path: Path) -> tuple[Path, dict[str, object]]:
 
 @pytest.mark.parametrize("backend", ["direct", "buffered", "gds,direct"])
 @pytest.mark.parametrize("device", [0, "cuda:0"])
-def test_cuda_equality(ckpt: tuple[Path, dict[str, object]], backend: str, device: object) -> None:
+def test_cuda_equality(
+    ckpt: tuple[Path, dict[str, object]], backend: str, device: int | str
+) -> None:
     p, expected = ckpt
     got = loader.load_file(p, device=device, backend=backend, chunk_size="1M")
     for v in got.values():

@@ -39,7 +39,9 @@ def _rank_main(rank: int, world: int, root: str, paths: list[str], copy: bool) -
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, object]]:
+def checkpoint(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[list[str], dict[str, list[str]]]:
     d = tmp_path_factory.mktemp("dist")
     g = torch.Generator().manual_seed(4)
     paths, expected = [], {}

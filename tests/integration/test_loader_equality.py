@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from tests.loader_testutil import all_dtypes, digest, random_tensor, write_raw
 
 SHM = Path("/dev/shm")
 BACKENDS = ["direct", "buffered", "mmap", None]
-SMALL = {"chunk_size": 64 * 1024, "threads": 3}
+SMALL: dict[str, Any] = {"chunk_size": 64 * 1024, "threads": 3}
 
 
 def _expected(tensors: list[tuple[str, torch.Tensor]]) -> dict[str, tuple[object, ...]]:
@@ -46,7 +48,7 @@ def _mixed_tensors() -> list[tuple[str, torch.Tensor]]:
 @pytest.fixture(scope="module", params=["disk", "shm"])
 def mixed_file(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, tuple[object, ...]]]:
+) -> Iterator[tuple[Path, dict[str, tuple[object, ...]]]]:
     base = tmp_path_factory.mktemp("mixed") if request.param == "disk" else SHM
     p = base / f"loader-test-mixed-{os.getpid()}.safetensors"
     tensors = _mixed_tensors()
@@ -116,7 +118,7 @@ def test_paths_forms(
 ) -> None:
     d, expected = sharded
     files = sorted(str(p) for p in d.glob("*.safetensors"))
-    paths: object = {
+    paths: Any = {
         "dir": d,
         "index": d / "model.safetensors.index.json",
         "list": files,

@@ -1,9 +1,11 @@
-"""Scanning real directories: speed of DirectoryTreeView on a tree of ~10k files."""
+"""Scanning real directories: DirectoryTreeView on a tree of ~10k files.
+
+How fast that is belongs in a benchmark, not in an assertion: timings vary with the load.
+"""
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from tierfs.models import ModelKind, scan_directory
@@ -11,7 +13,7 @@ from tierfs.models import ModelKind, scan_directory
 REV = "c" * 40
 
 
-def test_scan_of_ten_thousand_real_files_is_well_under_a_second(tmp_path: Path) -> None:
+def test_scan_of_ten_thousand_real_files_finds_every_model(tmp_path: Path) -> None:
     for i in range(50):
         repo = tmp_path / "hub" / f"models--org--m{i}"
         (repo / "blobs").mkdir(parents=True)
@@ -31,9 +33,7 @@ def test_scan_of_ten_thousand_real_files_is_well_under_a_second(tmp_path: Path) 
         for j in range(48):
             (hf / f"model-{j}.safetensors").write_bytes(b"s")
 
-    start = time.perf_counter()
     result = scan_directory(tmp_path)
-    elapsed = time.perf_counter() - start
 
     kinds = [m.kind for m in result.models]
     assert (kinds.count(ModelKind.HF_HUB), kinds.count(ModelKind.HF_DIR)) == (50, 50)
@@ -41,4 +41,3 @@ def test_scan_of_ten_thousand_real_files_is_well_under_a_second(tmp_path: Path) 
     assert result.problems == ()
     hub0 = next(m for m in result.models if m.name == f"org/m0@{REV[:12]}")
     assert hub0.size == sum(range(50)) and hub0.refs == ("main",)
-    assert elapsed < 1.0, f"scan took {elapsed:.2f}s"

@@ -146,7 +146,7 @@ def test_checkpoint_paths_prefers_index(tmp_path: Path) -> None:
     _model_dir(tmp_path)
     assert checkpoint_paths(str(tmp_path)) == [str(tmp_path / "model.safetensors")]
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {}}')
-    assert checkpoint_paths(str(tmp_path)).endswith("index.json")
+    assert checkpoint_paths(str(tmp_path)) == str(tmp_path / "model.safetensors.index.json")
 
 
 def _hub_cache(root: Path, repo: str, commit: str) -> dict[str, torch.Tensor]:

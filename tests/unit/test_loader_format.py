@@ -32,7 +32,7 @@ def parse(blob: bytes, path: str = "/m/x.safetensors") -> Any:
     return parse_header(path, blob[:8], blob[8 : 8 + n], len(blob))
 
 
-def entry(dtype: str, shape: list[int], a: int, b: int) -> dict[str, Any]:
+def entry(dtype: str, shape: list[int], a: object, b: object) -> dict[str, Any]:
     return {"dtype": dtype, "shape": shape, "data_offsets": [a, b]}
 
 

@@ -13,6 +13,7 @@ from loader import tierfs
 from loader.backends.base import BackendFile, OpenContext, pread_full
 from loader.session import parse_size
 from loader.tierfs import ResolvedFile
+from tierfs.units import parse_size as config_parse_size
 
 
 def test_parse_size() -> None:
@@ -83,3 +84,11 @@ def test_custom_backend_registration(tmp_path: Path) -> None:
     assert CountingFile.reads >= 1
     for k, v in ref.items():
         assert torch.equal(got[k], v)
+
+
+def test_parse_size_follows_the_config_rule() -> None:
+    # One rule for the loader and the config: decimals, every binary unit, no negatives.
+    for text in ("1.5G", "2T", "512 MiB", "7kb"):
+        assert parse_size(text, "x") == config_parse_size(text)
+    with pytest.raises(loader.ConfigError, match="staging_size"):
+        parse_size(-1, "staging_size")

@@ -1,0 +1,31 @@
+"""The states a promotion job and a model report, as the API, the CLI and the GUI see them.
+
+Stdlib only, so that the CLI can compare states without importing the mover.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """Where a promotion job is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+class ModelState(StrEnum):
+    """How much of a model is hot, as `tierfs status` reports it."""
+
+    COLD = "cold"
+    PARTIAL = "partial"
+    HOT = "hot"
+    PROMOTING = "promoting"
