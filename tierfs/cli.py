@@ -187,6 +187,14 @@ def _ago(ts: float | None) -> str:
 def _print_report(data: dict[str, Any]) -> None:
     state = "[green]mounted[/green]" if data["running"] else "[yellow]not mounted[/yellow]"
     out.print(f"[bold]tierfs[/bold] {data['mountpoint']} ({state})")
+    reads = data.get("reads")
+    if reads:
+        why = f", because {reads['read_mode_reason']}" if reads["read_mode_reason"] else ""
+        out.print(
+            f"read mode: {reads['read_mode']}{why}; opens: {reads['passthrough_opens']} "
+            f"by passthrough, {reads['daemon_opens']} served by the daemon",
+            highlight=False,
+        )
     stores = Table(title="Cold stores (read-only)", title_justify="left", box=None)
     for column in ("name", "path"):
         stores.add_column(column)
