@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -38,8 +39,7 @@ def serve(tmp_path: Path) -> Iterator[Server]:
         mountpoint = tmp_path / f"mnt{len(running)}"
         mountpoint.mkdir()
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fuse.passthrough_fs", str(mountpoint), str(backing)]
-            + list(flags),
+            [sys.executable, "-m", "tests.fuse.passthrough_fs", mountpoint, backing, *flags],
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -79,14 +79,11 @@ def test_open_handles_of_an_inode_share_one_backing(
 ) -> None:
     path, data = backing
     mountpoint = serve(path)
-    files = [open(mountpoint / "data", "rb", buffering=0) for _ in range(3)]
-    try:
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(mountpoint / "data", "rb", buffering=0)) for _ in "abc"]
         for i, f in enumerate(files):
             f.seek(i * 4096)
             assert f.read(4096) == data[i * 4096 : (i + 1) * 4096]
-    finally:
-        for f in files:
-            f.close()
     # The backing id was released with the last handle, so a new open registers again.
     assert (mountpoint / "data").read_bytes() == data
     assert counts(mountpoint) == {

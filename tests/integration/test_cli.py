@@ -77,6 +77,11 @@ BAD_CONFIGS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     ),
     "io-threads-string": ('{cold_table}[read]\nio_threads = "8"\n', "read.io_threads", ("int",)),
     "log-level-unknown": ('log_level = "loud"\n{cold_table}', "log_level", ("'debug'", "'error'")),
+    "passthrough-unknown": (
+        '{cold_table}[read]\npassthrough = "yes"\n',
+        "read.passthrough",
+        ("'auto'", "'off'", "'require'"),
+    ),
     "size-bool": (
         '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = true\n',
         "tier[0].size",

@@ -79,6 +79,7 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
         (GOOD.replace('name = "ram0"', 'name = "r a m"'), "tier[0].name", "not a valid name"),
         ('mountpoint = "/models"\n', "cold", "required key is missing"),
         ("log_level = 'loud'\n" + GOOD, "log_level", "'debug'"),
+        (GOOD + "[read]\npassthrough = 'on'\n", "read.passthrough", "'require'"),
     ],
 )
 def test_each_mistake_is_one_clear_line(
