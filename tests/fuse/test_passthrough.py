@@ -260,3 +260,44 @@ def test_per_file_refusal_falls_back_for_that_file_alone(
     )
     # The lower mount itself serves by passthrough.
     assert lower.stats()["passthrough_opens"] >= 2
+
+
+_MAP_THEN_TOUCH = """
+import mmap, sys
+with open(sys.argv[1], "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+print("mapped", flush=True)
+sys.stdin.readline()
+print(m[int(sys.argv[2])], flush=True)
+"""
+
+
+def test_a_cold_file_truncated_under_an_open_handle_never_reads_as_zeros(
+    mount_factory: MountFactory, cold_store: Path
+) -> None:
+    """The passthrough side of "no invented zeros": the kernel reads the cold file itself,
+    so a read past its new end is a short read (EOF), and a mapping past it faults."""
+    store(cold_store)
+    cold = cold_store / SHARD
+    original = cold.read_bytes()
+    mount = mount_factory([("c", cold_store)], passthrough="require")
+    path = mount.mountpoint / SHARD
+    keep = 2 * MiB
+    mapper = subprocess.Popen(
+        [sys.executable, "-c", _MAP_THEN_TOUCH, str(path), str(keep + 4096)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert mapper.stdin is not None and mapper.stdout is not None
+    assert mapper.stdout.readline().strip() == "mapped"
+    with open(path, "rb", buffering=0) as f:
+        head = f.read(MiB)
+        os.truncate(cold, keep)
+        rest = b"".join(iter(lambda: f.read(1 << 20), b""))
+    mapper.stdin.write("go\n")
+    mapper.stdin.flush()
+    out = mapper.stdout.read()
+    assert mapper.wait(60) == -7, out  # SIGBUS: the page past the end is not a zero
+    assert head + rest == original[:keep]
+    assert mount.stats()["passthrough_opens"] >= 2
