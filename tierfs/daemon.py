@@ -30,13 +30,7 @@ from tierfs.fs import TierfsOperations
 from tierfs.fsck import FsckReport, check
 from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
-from tierfs.passthrough import (
-    KERNEL_REASON,
-    BackingRegistry,
-    ReadMode,
-    ReadModeInfo,
-    unavailable_reason,
-)
+from tierfs.passthrough import BackingRegistry, ReadMode, mode_after_init, mode_before_mount
 from tierfs.placement import Placement
 from tierfs.readpath import ReadPath
 from tierfs.status import build_report
@@ -298,37 +292,27 @@ class Daemon:
         Raises:
             MountError: passthrough is required and cannot work here.
         """
-        setting = self.config.read.passthrough
-        if setting == "off":
-            self.operations.read_mode = ReadModeInfo(
-                ReadMode.DAEMON, '[read] passthrough = "off" in the config'
-            )
-            return
-        reason = unavailable_reason(writeback_cache=self.operations.enable_writeback_cache)
-        if reason is not None:
-            if setting == "require":
-                raise self._require_error(reason)
-            self.operations.read_mode = ReadModeInfo(ReadMode.DAEMON, reason)
-            return
-        self.operations.enable_passthrough = True
+        ops = self.operations
+        planned = mode_before_mount(
+            self.config.read.passthrough, writeback_cache=ops.enable_writeback_cache
+        )
+        if planned.mode is ReadMode.DAEMON and self.config.read.passthrough == "require":
+            raise self._require_error(planned.reason)
+        ops.read_mode = planned
+        ops.enable_passthrough = planned.mode is ReadMode.PASSTHROUGH
 
     def _settle_read_mode(self) -> bool:
         """Once FUSE init is answered: use passthrough if the kernel granted it.
 
         Returns False if the mount must go (passthrough required but not granted).
         """
-        ops = self.operations
-        if ops.enable_passthrough:
-            if pyfuse3.passthrough_active():
-                ops.read_mode = ReadModeInfo(ReadMode.PASSTHROUGH, "")
-                self.readpath.enable_passthrough(BackingRegistry())
-            elif self.config.read.passthrough == "require":
-                self._refused = self._require_error(KERNEL_REASON)
-                return False
-            else:
-                ops.read_mode = ReadModeInfo(ReadMode.DAEMON, KERNEL_REASON)
-        mode = ops.read_mode
+        mode = mode_after_init(self.operations.read_mode)
+        if mode.mode is ReadMode.DAEMON and self.config.read.passthrough == "require":
+            self._refused = self._require_error(mode.reason)
+            return False
+        self.operations.read_mode = mode
         if mode.mode is ReadMode.PASSTHROUGH:
+            self.readpath.enable_passthrough(BackingRegistry())
             log.info("read mode: passthrough (the kernel reads backing copies directly)")
         else:
             log.info("read mode: served by the daemon, because %s", mode.reason)

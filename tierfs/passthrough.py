@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CAP_SYS_ADMIN = 21
 MIN_LIBFUSE = 317  # 3.17, as libfuse's fuse_version() spells it
+OFF_REASON = '[read] passthrough = "off" in the config'
 KERNEL_REASON = (
     "the kernel did not offer FUSE passthrough "
     "(it needs Linux >= 6.9 built with CONFIG_FUSE_PASSTHROUGH)"
@@ -98,6 +99,26 @@ def unavailable_reason(*, writeback_cache: bool) -> str | None:
     if writeback_cache:
         return "the writeback cache is on, and the kernel disables passthrough with it"
     return None
+
+
+def mode_before_mount(setting: str, *, writeback_cache: bool) -> ReadModeInfo:
+    """The read mode `[read] passthrough = setting` allows before mounting.
+
+    PASSTHROUGH here means: ask the kernel for it at FUSE init (`mode_after_init`).
+    """
+    if setting == "off":
+        return ReadModeInfo(ReadMode.DAEMON, OFF_REASON)
+    reason = unavailable_reason(writeback_cache=writeback_cache)
+    if reason is not None:
+        return ReadModeInfo(ReadMode.DAEMON, reason)
+    return ReadModeInfo(ReadMode.PASSTHROUGH, "")
+
+
+def mode_after_init(planned: ReadModeInfo) -> ReadModeInfo:
+    """The read mode once the kernel has answered FUSE init."""
+    if planned.mode is ReadMode.PASSTHROUGH and not pyfuse3.passthrough_active():
+        return ReadModeInfo(ReadMode.DAEMON, KERNEL_REASON)
+    return planned
 
 
 @dataclass
