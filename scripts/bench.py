@@ -112,6 +112,7 @@ def fresh_memory_rate(size: int = 1 << 30) -> float:
         return size / (time.perf_counter() - start) / GB
 
 
+SETTLE_S = 1.0
 MODES = ("off", "require")  # [read] passthrough: served by the daemon, or by passthrough
 MODE_NAMES = {"off": "daemon", "require": "passthrough"}
 
@@ -121,9 +122,12 @@ class Row:
     case: str
     direct: list[float]
     mount: dict[str, list[float]]
+    # Per repetition, mount / direct measured next to each other: steadier than a ratio of
+    # medians when other jobs come and go.
+    ratios: dict[str, list[float]]
 
     def ratio(self, mode: str) -> float:
-        return statistics.median(self.mount[mode]) / statistics.median(self.direct)
+        return statistics.median(self.ratios[mode])
 
 
 class TierfsMount:
@@ -158,6 +162,8 @@ class TierfsMount:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"tierfs did not mount; see {self.log}")
             time.sleep(0.05)
+        # Let the daemon finish its start-up scan: a first read in service comes later.
+        time.sleep(SETTLE_S)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -248,15 +254,24 @@ def bench_fuse(workdir: Path, size: int, repeat: int) -> str:
             make: Callable[[Path], Callable[[], int]],
             prepare: Callable[[], None],
         ) -> None:
-            row = Row(case, [], {mode: [] for mode in MODES})
-            for _ in range(repeat):
-                prepare()
-                row.direct.append(timed(make(stores[rel.split("/")[0]] / rel)))
-                for mode in MODES:
-                    prepare()
+            row = Row(case, [], {mode: [] for mode in MODES}, {mode: [] for mode in MODES})
+            runs = ["direct", *MODES]
+            for rep in range(repeat):
+                sample: dict[str, float] = {}
+                # Rotate the order, so that no method always runs first (or last).
+                for who in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
+                    if who == "direct":
+                        prepare()
+                        sample[who] = timed(make(stores[rel.split("/")[0]] / rel))
+                        continue
                     # A fresh mount per sample: no FUSE page is cached from an earlier one.
-                    with TierfsMount(workdir, cold, mode) as m:
-                        row.mount[mode].append(timed(make(m.mountpoint / rel)))
+                    with TierfsMount(workdir, cold, who) as m:
+                        prepare()
+                        sample[who] = timed(make(m.mountpoint / rel))
+                row.direct.append(sample["direct"])
+                for mode in MODES:
+                    row.mount[mode].append(sample[mode])
+                    row.ratios[mode].append(sample[mode] / sample["direct"])
             rows.append(row)
 
         def warm_disk() -> None:
@@ -302,8 +317,10 @@ def render_fuse(
     daemon, passthrough = MODES
     out = [
         f"First reads through the mount against reads of the backing file, {size / 2**30:.1f} GiB"
-        f" file, median of {repeat}, GB/s (ratio to the direct read in the same run). Each mount"
-        " sample uses a fresh mount, so no FUSE page is cached from an earlier one. *daemon*:"
+        f" file, median of {repeat}, GB/s (in brackets: the median of the ratios to the direct"
+        " read measured next to it; the order of the three rotates between repetitions). Each"
+        " mount sample uses a fresh mount, so no FUSE page is cached from an earlier one."
+        " *daemon*:"
         ' `[read] passthrough = "off"`, every read crosses into the daemon; *passthrough*: the'
         " kernel reads the backing file itself.",
         "",

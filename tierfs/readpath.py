@@ -147,10 +147,6 @@ class ReadPath:
         """Serve new opens by passthrough where the kernel accepts their backing file."""
         self._passthrough = registry
 
-    @property
-    def passthrough(self) -> bool:
-        return self._passthrough is not None
-
     async def open(self, inode: int, backing: Backing, size: int) -> OpenFile:
         """Open a backing copy for reading, by passthrough where possible.
 
