@@ -52,7 +52,7 @@ class Variant:
     def __init__(self, name: str, tree: Path, workdir: Path, cold: Path) -> None:
         self.name = name
         self.env = {**os.environ, "PYTHONPATH": str(tree), "TREE": str(tree)}
-        self.mount = TierfsMount(workdir / name, [("c", cold)], tree)
+        self.mount = TierfsMount(workdir / name, [("c", cold)], tree=tree)
         self.tree = tree
 
     def tierfs(self, *args: str) -> list[str]:

@@ -214,6 +214,15 @@ def _print_table(
 def _print_report(data: dict[str, Any]) -> None:
     state = "[green]mounted[/green]" if data["running"] else "[yellow]not mounted[/yellow]"
     out.print(f"[bold]tierfs[/bold] {_e(data['mountpoint'])} ({state})")
+    reads = data.get("reads")
+    if reads:
+        why = f", because {reads['read_mode_reason']}" if reads["read_mode_reason"] else ""
+        out.print(
+            f"read mode: {reads['read_mode']}{why}; opens: {reads['passthrough_opens']} "
+            f"by passthrough, {reads['daemon_opens']} served by the daemon",
+            highlight=False,
+            markup=False,
+        )
     _print_table(
         "Cold stores (read-only)",
         ("name", "path"),

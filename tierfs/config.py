@@ -168,6 +168,10 @@ class ReadConfig(_Strict):
     prefetch_window: Size = 0
     prefetch_chunk: Size = 4 << 20
     io_threads: int = Field(default=8, ge=1, le=256)
+    # FUSE passthrough: the kernel reads the backing copy itself, at native speed and with
+    # its bytes cached once. "auto" uses it where the kernel, libfuse and privileges allow
+    # (else the daemon serves reads, and says why); "require" refuses to mount without it.
+    passthrough: Literal["auto", "off", "require"] = "auto"
 
     @field_validator("prefetch_chunk")
     @classmethod

@@ -30,6 +30,7 @@ from tierfs.fsck import FsckReport, check
 from tierfs.mountinfo import MountEntry, mount_entry
 from tierfs.mover import Mover
 from tierfs.namespace import ColdStore, Namespace
+from tierfs.passthrough import BackingRegistry, ReadMode, mode_after_init, mode_before_mount
 from tierfs.placement import Placement
 from tierfs.readpath import ReadPath
 from tierfs.statedir import StateDir
@@ -197,6 +198,8 @@ class Daemon:
         self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
         self.control = DaemonControl(self)
         self._mounted = False
+        # Set when `require`d passthrough turned out unavailable after FUSE init.
+        self._refused: MountError | None = None
 
     @property
     def stores(self) -> dict[str, Path]:
@@ -224,6 +227,7 @@ class Daemon:
         mountpoint = self.config.mountpoint
         try:
             try:
+                self._plan_passthrough()
                 self.recover()
                 self._fuse_init(mountpoint)
             except BaseException:
@@ -237,6 +241,8 @@ class Daemon:
                 ", ".join(f"{c.name}={c.path}" for c in self.config.cold),
             )
             trio.run(self._main)
+            if self._refused is not None:
+                raise self._refused
         finally:
             if self._mounted:
                 pyfuse3.close(unmount=True)
@@ -244,6 +250,45 @@ class Daemon:
                 log.info("unmounted %s", mountpoint)
             self.catalog.close()
             self.state.close()
+
+    def _require_error(self, reason: str) -> MountError:
+        return MountError(
+            f'[read] passthrough = "require", but {reason}; not mounting {self.config.mountpoint}',
+            path=str(self.config.mountpoint),
+            errno=errno.EOPNOTSUPP,
+        )
+
+    def _plan_passthrough(self) -> None:
+        """Decide, before mounting, whether to ask the kernel for passthrough.
+
+        Raises:
+            MountError: passthrough is required and cannot work here.
+        """
+        ops = self.operations
+        planned = mode_before_mount(
+            self.config.read.passthrough, writeback_cache=ops.enable_writeback_cache
+        )
+        if planned.mode is ReadMode.DAEMON and self.config.read.passthrough == "require":
+            raise self._require_error(planned.reason)
+        ops.read_mode = planned
+        ops.enable_passthrough = planned.mode is ReadMode.PASSTHROUGH
+
+    def _settle_read_mode(self) -> bool:
+        """Once FUSE init is answered: use passthrough if the kernel granted it.
+
+        Returns False if the mount must go (passthrough required but not granted).
+        """
+        mode = mode_after_init(self.operations.read_mode)
+        if mode.mode is ReadMode.DAEMON and self.config.read.passthrough == "require":
+            self._refused = self._require_error(mode.reason)
+            return False
+        self.operations.read_mode = mode
+        if mode.mode is ReadMode.PASSTHROUGH:
+            self.readpath.enable_passthrough(BackingRegistry())
+            log.info("read mode: passthrough (the kernel reads backing copies directly)")
+        else:
+            log.info("read mode: served by the daemon, because %s", mode.reason)
+        return True
 
     def _fuse_init(self, mountpoint: Path) -> None:
         try:
@@ -278,6 +323,9 @@ class Daemon:
         """
         mountpoint = self.config.mountpoint
         await trio.to_thread.run_sync(os.statvfs, mountpoint)
+        if not self._settle_read_mode():
+            pyfuse3.terminate()
+            return
         entry = mount_entry(mountpoint)
         if entry is not None:
             await trio.to_thread.run_sync(set_readahead, entry, self.config.read.readahead)
@@ -451,6 +499,19 @@ class DaemonControl:
                 [({}, s.pushed_bytes)],
             ),
             "tierfs_opens_total": ("counter", "Files opened", [({}, s.opens)]),
+            "tierfs_opens_by_mode_total": (
+                "counter",
+                "Files opened, by who serves their reads: the kernel (passthrough) or the daemon",
+                [
+                    ({"mode": "passthrough"}, s.passthrough_opens),
+                    ({"mode": "daemon"}, s.daemon_opens),
+                ],
+            ),
+            "tierfs_read_mode": (
+                "gauge",
+                "1 for the read mode of the mount (passthrough or daemon)",
+                [({"mode": m.value}, int(d.operations.read_mode.mode is m)) for m in ReadMode],
+            ),
             "tierfs_tier_capacity_bytes": (
                 "gauge",
                 "Tier capacity",

@@ -21,6 +21,7 @@ import trio
 from tierfs import xattrs
 from tierfs.errors import TierfsError
 from tierfs.namespace import ROOT_INODE, Kind, Namespace, Node
+from tierfs.passthrough import ReadMode, ReadModeInfo
 from tierfs.placement import Placement
 from tierfs.readpath import ReadPath
 
@@ -78,6 +79,8 @@ class TierfsOperations(pyfuse3.Operations):
         self._ns_limiter = trio.CapacityLimiter(1)
         self._dir_handles: dict[int, list[Node]] = {}
         self._next_dir_fh = 1
+        # Set by the daemon once the kernel has answered FUSE init.
+        self.read_mode = ReadModeInfo(ReadMode.DAEMON, "not mounted yet")
 
     async def _ns(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         result = await trio.to_thread.run_sync(
@@ -221,10 +224,18 @@ class TierfsOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(self.namespace.refresh_file, node)
             await self._invalidate_changed()
             handle = await self.placement.open(node, self.readpath)
-            # keep_cache: the presented bytes never change under an inode, so pages
-            # cached by an earlier open (or pushed by prefetch) stay valid. Never
-            # direct_io: it breaks mmap(MAP_SHARED), which llama.cpp uses.
-            return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True, direct_io=False)
+            # Never direct_io: it breaks mmap(MAP_SHARED), which llama.cpp uses, and
+            # would send passthrough reads back to the daemon.
+            info = pyfuse3.FileInfo(fh=handle.fh, direct_io=False)
+            if handle.backing_id:
+                # The kernel fails a passthrough open that asks to keep the cache.
+                info.keep_cache = False
+                info.backing_id = handle.backing_id
+            else:
+                # The presented bytes never change under an inode, so pages cached by
+                # an earlier open (or pushed by prefetch) stay valid.
+                info.keep_cache = True
+            return info
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         async with _fuse_errors():
@@ -276,10 +287,14 @@ class TierfsOperations(pyfuse3.Operations):
         """Counters of this mount, served as JSON on the root's ``user.tierfs.stats``."""
         s = self.readpath.stats
         return {
+            "read_mode": str(self.read_mode.mode),
+            "read_mode_reason": self.read_mode.reason,
             "read_requests": s.read_requests,
             "read_bytes": s.read_bytes,
             "pushed_bytes": s.pushed_bytes,
             "opens": s.opens,
+            "passthrough_opens": s.passthrough_opens,
+            "daemon_opens": s.daemon_opens,
             "open_handles": self.readpath.open_handles,
         }
 

@@ -1,5 +1,10 @@
 """The read path: open handles on backing copies, reads, and optional page-cache prefetch.
 
+Where FUSE passthrough works (`tierfs.passthrough`), an open only registers its backing
+copy with the kernel, which then serves reads and mmap itself; none of the rest of this
+module is involved. What follows is the daemon-served path, for the files and machines
+where passthrough cannot be used.
+
 Every request the kernel sends costs a round trip through Python, so requests are served
 by worker threads, several in flight, and the mount's readahead is raised so that they
 are large (1 MiB).
@@ -31,6 +36,7 @@ import trio
 from tierfs.config import ReadConfig
 from tierfs.errors import BackingIOError
 from tierfs.faults import pause_point
+from tierfs.passthrough import BackingRegistry
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +60,11 @@ class OpenFile:
 
     fh: int
     inode: int
-    fd: int
+    fd: int  # -1 for a passthrough handle: the kernel holds the backing file
     backing: Backing
     size: int
     bytes_read: int = 0
+    backing_id: int = 0  # > 0: the kernel serves this handle (passthrough)
 
 
 @dataclass
@@ -85,6 +92,8 @@ class ReadStats:
     read_bytes: int = 0
     pushed_bytes: int = 0
     opens: int = 0
+    passthrough_opens: int = 0
+    daemon_opens: int = 0
 
 
 def _open_backing(path: Path) -> int:
@@ -109,6 +118,11 @@ class ReadPath:
         self.config = config
         self.stats = ReadStats()
         self._push = push
+        # Set once the kernel has accepted passthrough (see `enable_passthrough`).
+        self._passthrough: BackingRegistry | None = None
+        # Opens of one inode are serialized: they must agree on one backing and one mode.
+        self._open_locks: dict[int, trio.Lock] = {}
+        self._daemon_handles: dict[int, int] = {}
         self._io_limiter = trio.CapacityLimiter(config.io_threads)
         # Separate threads for pushes: a push may wait on a page that a read holds.
         self._push_limiter = trio.CapacityLimiter(max(2, config.io_threads // 2))
@@ -129,14 +143,58 @@ class ReadPath:
     def open_handles(self) -> int:
         return len(self._handles)
 
+    def enable_passthrough(self, registry: BackingRegistry) -> None:
+        """Serve new opens by passthrough where the kernel accepts their backing file."""
+        self._passthrough = registry
+
     async def open(self, inode: int, backing: Backing, size: int) -> OpenFile:
-        """Open a backing copy for reading.
+        """Open a backing copy for reading, by passthrough where possible.
+
+        While an inode has open handles, a new open shares their passthrough backing
+        (whatever `backing` says), or is served by the daemon like them.
 
         Raises:
             BackingIOError: the backing file cannot be opened.
         """
+        lock = self._open_locks.setdefault(inode, trio.Lock())
         try:
-            fd = await trio.to_thread.run_sync(
+            async with lock:
+                return await self._open_locked(inode, backing, size)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._open_locks.pop(inode, None)
+
+    async def _open_locked(self, inode: int, backing: Backing, size: int) -> OpenFile:
+        registry = self._passthrough
+        if registry is not None and not self._daemon_handles.get(inode):
+            shared = registry.join(inode)
+            if shared is not None:
+                return self._add(inode, -1, shared.backing, size, shared.backing_id)
+            fd = await self._open_fd(backing)
+            backing_id = await trio.to_thread.run_sync(
+                registry.register, fd, backing, limiter=self._io_limiter
+            )
+            if backing_id is not None:
+                registry.add(inode, backing_id, backing)
+                # The kernel holds its own reference to the backing file now.
+                await trio.to_thread.run_sync(os.close, fd, limiter=self._io_limiter)
+                return self._add(inode, -1, backing, size, backing_id)
+        else:
+            fd = await self._open_fd(backing)
+        handle = self._add(inode, fd, backing, size, 0)
+        self._daemon_handles[inode] = self._daemon_handles.get(inode, 0) + 1
+        stream = self._streams.get(inode)
+        if stream is None or stream.path != backing.path:
+            stream = _Stream(inode=inode, path=backing.path, size=size)
+            if inode in self._streams:
+                stream.handles = self._streams[inode].handles
+            self._streams[inode] = stream
+        stream.handles += 1
+        return handle
+
+    async def _open_fd(self, backing: Backing) -> int:
+        try:
+            return await trio.to_thread.run_sync(
                 _open_backing, backing.path, limiter=self._io_limiter
             )
         except OSError as exc:
@@ -145,18 +203,19 @@ class ReadPath:
                 path=str(backing.path),
                 errno=exc.errno or errno.EIO,
             ) from None
+
+    def _add(self, inode: int, fd: int, backing: Backing, size: int, backing_id: int) -> OpenFile:
         fh = self._next_fh
         self._next_fh += 1
-        handle = OpenFile(fh=fh, inode=inode, fd=fd, backing=backing, size=size)
+        handle = OpenFile(
+            fh=fh, inode=inode, fd=fd, backing=backing, size=size, backing_id=backing_id
+        )
         self._handles[fh] = handle
         self.stats.opens += 1
-        stream = self._streams.get(inode)
-        if stream is None or stream.path != backing.path:
-            stream = _Stream(inode=inode, path=backing.path, size=size)
-            if inode in self._streams:
-                stream.handles = self._streams[inode].handles
-            self._streams[inode] = stream
-        stream.handles += 1
+        if backing_id:
+            self.stats.passthrough_opens += 1
+        else:
+            self.stats.daemon_opens += 1
         return handle
 
     def handle(self, fh: int) -> OpenFile:
@@ -201,6 +260,17 @@ class ReadPath:
     async def release(self, fh: int) -> OpenFile:
         """Close a handle; returns it so the caller can account its reads."""
         handle = self._handles.pop(fh)
+        if handle.backing_id:
+            assert self._passthrough is not None
+            last = self._passthrough.leave(handle.inode)
+            if last is not None:
+                await trio.to_thread.run_sync(self._passthrough.close, last)
+            return handle
+        remaining = self._daemon_handles.get(handle.inode, 0) - 1
+        if remaining > 0:
+            self._daemon_handles[handle.inode] = remaining
+        else:
+            self._daemon_handles.pop(handle.inode, None)
         stream = self._streams.get(handle.inode)
         if stream is not None and stream.path == handle.backing.path:
             stream.handles -= 1

@@ -23,6 +23,10 @@ import xxhash
 from tierfs.daemon import SERVING, is_tierfs, lazy_unmount, mount_entry
 
 MOUNT_TIMEOUT_S = 30.0
+# The read mode every test mount gets unless a test names one: `[read] passthrough` as
+# the config spells it. scripts/test runs the FUSE suite once as "auto" (passthrough on
+# this kind of machine) and once as "off" (the daemon serves every read).
+READ_MODE = os.environ.get("TIERFS_TEST_PASSTHROUGH", "auto")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,11 +52,18 @@ def write_config(
     cold: list[tuple[str, Path]],
     extra: str = "",
     top: str = "",
+    passthrough: str | None = None,
 ) -> Path:
     """Write a tierfs TOML config for a test mount.
 
     `top` holds top-level keys; `extra` is appended after the tables ([[tier]], [policy]).
+    `passthrough` goes into the [read] table, which `extra` may already hold.
     """
+    setting = f"passthrough = {_toml_value(passthrough or READ_MODE)}\n"
+    if "[read]\n" in extra:
+        extra = extra.replace("[read]\n", "[read]\n" + setting, 1)
+    else:
+        extra = extra + "\n[read]\n" + setting
     lines = [
         f"mountpoint = {_toml_value(mountpoint)}",
         f"state_dir = {_toml_value(state_dir)}",
@@ -188,6 +199,7 @@ def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
         name: str = "m",
         start: bool = True,
         env: dict[str, str] | None = None,
+        passthrough: str | None = None,
     ) -> Mount:
         base = tmp_path / f"tierfs-{name}"
         mountpoint = base / "mnt"
@@ -199,6 +211,7 @@ def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
             cold=cold,
             extra=extra,
             top=top,
+            passthrough=passthrough,
         )
         mount = Mount(
             config=config,

@@ -171,7 +171,12 @@ def test_safetensors_load_file_through_mount_is_bitwise_equal_to_cold(
     check_safetensors(demo_mount.mountpoint, demo_cold)
     stats = demo_mount.stats()
     assert stats["opens"] >= len(SAFETENSORS_FILES)
-    assert stats["read_bytes"] + stats["pushed_bytes"] > 0
+    # The bytes came through the mount: served by the daemon, or by the kernel from
+    # backing files the daemon registered at open.
+    if stats["read_mode"] == "passthrough":
+        assert stats["passthrough_opens"] >= len(SAFETENSORS_FILES)
+    else:
+        assert stats["read_bytes"] + stats["pushed_bytes"] > 0
 
 
 def test_hf_hub_download_resolves_snapshot_symlinks_inside_mount(

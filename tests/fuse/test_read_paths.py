@@ -274,8 +274,12 @@ def test_statfs_reports_the_cold_stores_size(mounted: Mount, cold_files: Path) -
 
 @pytest.fixture
 def prefetching(mount_factory: MountFactory, cold_files: Path) -> Mount:
+    # Prefetch belongs to the daemon-served read path; passthrough reads never reach it.
     return mount_factory(
-        [("disk", cold_files)], extra="[read]\nprefetch_window = 67108864\n", name="pf"
+        [("disk", cold_files)],
+        extra="[read]\nprefetch_window = 67108864\n",
+        name="pf",
+        passthrough="off",
     )
 
 

@@ -114,6 +114,18 @@ class SplitReader:
         os.close(self.fd)
 
 
+def assert_read_by_open_handles(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Check, from the mount's stats around `SplitReader.second_half`, that the rest came
+    through the handles opened before: served by the daemon from their fds (its read
+    counter moves, so it was not the page cache alone), or with passthrough by the kernel
+    from the backing files registered at open (the daemon sees no read and no new open)."""
+    if after["read_mode"] == "passthrough":
+        assert after["read_bytes"] == before["read_bytes"], "the daemon served a passthrough read"
+        assert after["opens"] == before["opens"], "the reader opened the file again"
+    else:
+        assert after["read_bytes"] > before["read_bytes"], "the rest came from the page cache only"
+
+
 # The CLI and the control API -------------------------------------------------------------
 
 

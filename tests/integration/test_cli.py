@@ -77,6 +77,11 @@ BAD_CONFIGS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     ),
     "io-threads-string": ('{cold_table}[read]\nio_threads = "8"\n', "read.io_threads", ("int",)),
     "log-level-unknown": ('log_level = "loud"\n{cold_table}', "log_level", ("'debug'", "'error'")),
+    "passthrough-unknown": (
+        '{cold_table}[read]\npassthrough = "yes"\n',
+        "read.passthrough",
+        ("'auto'", "'off'", "'require'"),
+    ),
     "size-bool": (
         '{cold_table}[[tier]]\nname = "ram0"\npath = "{tmp}/ram0"\nsize = true\n',
         "tier[0].size",
@@ -246,7 +251,7 @@ def full_config(tmp_path: Path, cold: Path) -> str:
         + '[policy]\npromote_on_open = false\nmin_size = "1M"\ncooldown_s = 10\n'
         + "high_watermark = 0.9\nlow_watermark = 0.8\nmax_parallel_copies = 4\n"
         + '[read]\nreadahead = "8M"\nprefetch_window = "32M"\nprefetch_chunk = "1M"\n'
-        + "io_threads = 4\n"
+        + 'io_threads = 4\npassthrough = "off"\n'
     )
 
 
@@ -278,6 +283,7 @@ def test_config_show_prints_toml_that_round_trips_through_check(tmp_path: Path, 
         "prefetch_window": 32 << 20,
         "prefetch_chunk": 1 << 20,
         "io_threads": 4,
+        "passthrough": "off",
     }
 
     again = tmp_path / "shown.toml"

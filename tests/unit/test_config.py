@@ -104,6 +104,7 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
             None,
             "needs default_permissions = true",
         ),
+        (GOOD + "[read]\npassthrough = 'on'\n", "read.passthrough", "'require'"),
     ],
 )
 def test_each_mistake_is_one_clear_line(
