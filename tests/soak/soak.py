@@ -391,7 +391,10 @@ class Soak:
         )
         if result.returncode != 0 or "fsck: clean" not in result.stdout:
             self.fail("fsck_problems", f"offline fsck: {result.stdout}{result.stderr}")
-        tracebacks = self.mount.log_text().count("Traceback")
+        daemon_log = self.mount.log_text()
+        self.add("evictions", daemon_log.count(" to make room for "))
+        self.add("tier_full_seen", daemon_log.count(" free on its file system"))
+        tracebacks = daemon_log.count("Traceback")
         if tracebacks:
             self.fail("daemon_tracebacks", f"{tracebacks} traceback(s) in {self.mount.log}")
 
