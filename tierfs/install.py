@@ -68,7 +68,6 @@ class Check:
 class Plan:
     """Everything an install does, in order: directories, files, then commands."""
 
-    config: Config
     dirs: list[Path] = field(default_factory=list)
     files: list[FileStep] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
@@ -172,7 +171,6 @@ def plan_install(
     root: Path = Path("/"),
     config_path: Path = DEFAULT_CONFIG_PATH,
     force: bool = False,
-    start: bool = True,
 ) -> Plan:
     """Work out what to write and run, without touching anything.
 
@@ -182,7 +180,7 @@ def plan_install(
     target = under(root, config_path)
     if target.exists() and not force:
         raise ConfigError("already exists; pass --force to replace it", path=str(target))
-    plan = Plan(config=config)
+    plan = Plan()
     plan.dirs = [under(root, config_path.parent), under(root, config.mountpoint)]
     header = "# Written by `tierfs install`: every effective value, defaults included.\n"
     plan.files.append(FileStep(target, header + to_toml(config)))
@@ -196,7 +194,7 @@ def plan_install(
         )
     elif systemd_running(root):
         plan.commands.append([systemctl, "daemon-reload"])
-        plan.commands.append([systemctl, "enable", *(["--now"] if start else []), UNIT_NAME])
+        plan.commands.append([systemctl, "enable", "--now", UNIT_NAME])
     else:
         # systemctl enables a unit offline (it only makes the wants/ symlink), but nothing
         # can start it: systemd is not running here, or this install goes into another root.
