@@ -249,7 +249,8 @@ class Soak:
             self.wait_idle()
             client.demote(cold)
             job = client.pin(hot, "ram0")
-            while job["state"] in ("queued", "running"):
+            deadline = time.monotonic() + 60
+            while job["state"] in ("queued", "running") and time.monotonic() < deadline:
                 time.sleep(0.05)
                 job = client.job(job["id"])
             if job["state"] != "done":
