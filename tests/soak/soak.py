@@ -167,6 +167,7 @@ class Soak:
             while job["state"] in ("queued", "running") and time.monotonic() < deadline:
                 time.sleep(0.05)
                 job = client.job(job["id"])
+            self.add(f"enospc_job_{job['state']}")
             if job["state"] == "failed":
                 self.add("enospc_failed_jobs")
                 if "No space" not in str(job["error"]) and "does not fit" not in str(job["error"]):
