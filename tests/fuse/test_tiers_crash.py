@@ -125,6 +125,29 @@ def test_kill_during_promotion_then_remount(point: str, rig: Rig, cold_store: Pa
     assert_catalog_consistent(mount.state_dir, tier)
 
 
+@pytest.mark.parametrize("point", ["copy_started", "copy_renamed"])
+def test_sigterm_during_promotion_leaves_nothing_to_repair(
+    point: str, rig: Rig, cold_store: Path
+) -> None:
+    """A clean stop mid-copy settles the copy: fsck afterwards finds nothing (the soak
+    found a SIGTERM between a copy's rename and its acceptance leaving the claim behind)."""
+    mount, hashes, tier = rig(env={"TIERFS_FAULT_PAUSE": point, "TIERFS_FAULT_PAUSE_S": "3"})
+    with control(mount) as client:
+        client.promote(HF_MODEL, None)
+    wait_for_log(mount, f"fault point {point} reached")
+
+    assert mount.stop() == 0
+    _, replicas = read_catalog(mount.state_dir)
+    assert {r.state for r in replicas} <= {"hot"}, replicas
+    assert not files_under(tier / ".tmp")
+    assert_catalog_consistent(mount.state_dir, tier)
+    out = assert_fsck_clean(mount.config)
+    assert "0 hot copies checked" in out or point == "copy_renamed", out
+
+    restart(mount)
+    _after_remount(mount, cold_store, hashes, tier)
+
+
 def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
     mount, hashes, tier = rig(env={"TIERFS_FAULT_PAUSE": "evict_marked"})
     _promote_and_check_hot(mount, cold_store, hashes, tier, cli=False)
