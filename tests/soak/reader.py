@@ -40,7 +40,7 @@ class Reader:
         self.out = base / "readers" / f"{seed}.json"
         self.op_file = base / "readers" / f"{seed}.op"
         self.counts = {"bytes_verified": 0, "mismatches": 0, "reader_errors": 0, "outages": 0}
-        self.counts |= {"whole_reads": 0, "range_reads": 0, "mmap_ops": 0}
+        self.counts |= {"whole_reads": 0, "range_reads": 0, "mmap_ops": 0, "short_reads": 0}
         self.problems: list[str] = []
         self.last_flush = 0.0
 
@@ -119,6 +119,9 @@ class Reader:
             if not block:
                 self.mismatch(f"{relpath}: ends at {pos} of {len(expected)}")
                 return
+            if block != expected[pos : pos + len(block)]:
+                self.mismatch(_difference(relpath, pos, block, expected, view is not None))
+                return
             h.update(block)
             pos += len(block)
         self.counts["whole_reads"] += 1
@@ -131,17 +134,38 @@ class Reader:
         for _ in range(self.rng.randint(3, 20)):
             offset = self.rng.randrange(0, len(expected))
             length = self.rng.choice((1, 4095, 4096, 65536, 1 << 20, self.rng.randint(1, 2 << 20)))
-            data = self.read(fd, view, offset, length)
+            want = expected[offset : offset + length]
+            pos = offset
+            while pos < offset + len(want):
+                # A read may return fewer bytes than asked (the daemon dying mid-request
+                # does that); like any careful reader, ask again for the rest.
+                data = self.read(fd, view, pos, offset + len(want) - pos)
+                if not data:
+                    self.mismatch(f"{relpath}: ends at {pos}, expected {len(expected)} bytes")
+                    return
+                if data != expected[pos : pos + len(data)]:
+                    self.mismatch(_difference(relpath, pos, data, expected, view is not None))
+                    return
+                if pos + len(data) < offset + len(want):
+                    self.counts["short_reads"] += 1
+                pos += len(data)
+                self.counts["bytes_verified"] += len(data)
             self.counts["range_reads"] += 1
-            if data != expected[offset : offset + length]:
-                self.mismatch(f"{relpath}: {length} bytes at {offset} differ")
-                return
-            self.counts["bytes_verified"] += len(data)
 
     def mismatch(self, message: str) -> None:
         self.counts["mismatches"] += 1
-        self.problems.append(message)
+        self.problems.append(f"{time.strftime('%H:%M:%S')} {message} (outages {self.outages()})")
         self.flush(force=True)
+
+
+def _difference(relpath: str, pos: int, data: bytes, expected: bytes, mapped: bool) -> str:
+    """Where `data`, read at `pos`, first differs from the expected bytes, and how."""
+    want = expected[pos : pos + len(data)]
+    first = next(i for i, (a, b) in enumerate(zip(data, want, strict=True)) if a != b)
+    tail = data[first : first + 64]
+    how = "mmap" if mapped else "read"
+    zeros = " (zeros there)" if tail == bytes(len(tail)) else ""
+    return f"{relpath}: {len(data)} bytes at {pos} ({how}) first differ at {pos + first}{zeros}"
 
 
 def in_outage(before: dict[str, Any], after: dict[str, Any]) -> bool:
