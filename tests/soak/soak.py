@@ -12,23 +12,20 @@ import argparse
 import errno
 import json
 import logging
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.fuse.conftest import Mount, file_hash
+from tests.fuse.conftest import Mount
 from tests.fuse.crashutil import restart
 from tests.soak import junk
 from tests.soak.reader import in_outage
-from tests.soak.world import World
+from tests.soak.world import World, hash_uncached
 from tierfs.errors import ControlError
 
 log = logging.getLogger("soak")
@@ -274,7 +271,7 @@ class Soak:
         deadline = time.monotonic() + self.args.hidden_s
         while time.monotonic() < deadline:
             try:
-                got = _hash_uncached(mnt / hot)
+                got = hash_uncached(mnt / hot)
             except OSError as exc:
                 self.fail("reader_errors", f"hot {hot} with the cold store hidden: {exc!r}")
                 return
@@ -283,7 +280,7 @@ class Soak:
             self.add("bytes_verified", expected[hot]["size"])
             self.add("hidden_hot_reads")
             try:
-                got = _hash_uncached(mnt / cold)
+                got = hash_uncached(mnt / cold)
             except OSError as exc:
                 self.add(f"hidden_cold_error_{errno.errorcode.get(exc.errno or 0, exc.errno)}")
             else:
@@ -294,19 +291,8 @@ class Soak:
             time.sleep(0.2)
 
     def sabotage(self) -> None:
-        """Flip a byte in every hot copy behind tierfs's back: the readers must notice.
-
-        Only with --inject-corruption, to show that the soak can fail.
-        """
-        for tier in (self.world.ram0, self.world.ram1):
-            for path in sorted((tier / "hot").rglob("*")):
-                if path.is_file() and path.stat().st_size:
-                    with open(path, "r+b") as f:
-                        f.seek(path.stat().st_size // 2)
-                        byte = f.read(1)
-                        f.seek(-1, os.SEEK_CUR)
-                        f.write(bytes([byte[0] ^ 0xFF]))
-                    self.add("corruptions_injected")
+        """Flip a byte in every hot copy behind tierfs's back (--inject-corruption only)."""
+        self.add("corruptions_injected", self.world.corrupt_hot_copies())
 
     # The run -----------------------------------------------------------------------------
 
@@ -377,7 +363,7 @@ class Soak:
         self.fsck()
         expected = json.loads(self.world.manifest_path.read_text())
         for relpath, spec in expected.items():
-            got = _hash_uncached(self.world.base / "mnt" / relpath)
+            got = hash_uncached(self.world.base / "mnt" / relpath)
             if got != spec["xxh3"]:
                 self.fail("mismatches", f"final read of {relpath}: {got}")
             self.add("bytes_verified", spec["size"])
@@ -412,64 +398,3 @@ class Soak:
         bad = ("mismatches", "reader_errors", "fsck_problems", "bad_input_failures")
         bad += ("churn_errors", "hangs", "daemon_tracebacks")
         return not any(c[k] for k in bad) and c["kills"] >= 1 and c["restarts"] >= 1
-
-
-def _hash_uncached(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return file_hash(path)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/soak", description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="how long (default 10)")
-    parser.add_argument("--readers", type=int, default=3, help="reader processes (default 3)")
-    parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
-    parser.add_argument("--hidden-s", type=float, default=6.0, help="how long the store hides")
-    parser.add_argument("--dir", type=Path, help="work directory (default: a new temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument(
-        "--inject-corruption",
-        action="store_true",
-        help="flip bytes in the hot copies once, to show that the soak catches it",
-    )
-    parser.add_argument("--web", help="base URL of the web API, to throw junk at it too")
-    parser.add_argument("--web-token-file", help="the web API's token file")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s soak: %(message)s", datefmt="%H:%M:%S"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        print("scripts/soak: needs root and /dev/fuse", file=sys.stderr)
-        return 2
-    base = args.dir or Path(tempfile.mkdtemp(prefix="tierfs-soak-", dir="/var/tmp"))
-    base.mkdir(parents=True, exist_ok=True)
-    world = World(base.resolve())
-    log.info("soak for %.1f min in %s (seed %d)", args.minutes, world.base, args.seed)
-    soak = Soak(world, args)
-    try:
-        soak.run()
-    except Exception as exc:
-        log.exception("the soak broke down")
-        soak.fail("hangs", f"the soak broke down: {exc!r}")
-    finally:
-        leftover = world.cleanup(soak.mount)
-        if leftover:
-            soak.fail("hangs", f"mounts left behind: {leftover}")
-    ok = soak.ok()
-    for failure in soak.failures[:30]:
-        log.error("failure: %s", failure)
-    if ok and not args.keep:
-        shutil.rmtree(world.base, ignore_errors=True)
-    else:
-        log.info("work directory kept: %s", world.base)
-    print(json.dumps(soak.summary()), flush=True)
-    return 0 if ok else 1

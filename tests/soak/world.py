@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.fuse.conftest import Mount, write_config, xxh
+from tests.fuse.conftest import Mount, file_hash, write_config, xxh
 from tests.fuse.tierutil import mounts_under, unmount_all_under
 from tierfs.client import ControlClient
 
@@ -149,6 +149,24 @@ class World:
     def show_cold(self) -> None:
         subprocess.run(["umount", str(self.cold)], check=True)
 
+    def corrupt_hot_copies(self) -> int:
+        """Flip the middle byte of every hot copy, behind tierfs's back; returns how many.
+
+        Only for --inject-corruption, which shows that the soak catches wrong bytes.
+        """
+        flipped = 0
+        for tier in (self.ram0, self.ram1):
+            for path in sorted((tier / "hot").rglob("*")):
+                size = path.stat().st_size if path.is_file() else 0
+                if size:
+                    with open(path, "r+b") as f:
+                        f.seek(size // 2)
+                        byte = f.read(1)
+                        f.seek(size // 2)
+                        f.write(bytes([byte[0] ^ 0xFF]))
+                    flipped += 1
+        return flipped
+
     def cleanup(self, mount: Mount | None) -> list[tuple[str, str, str]]:
         """Stop the daemon and detach everything mounted under `base`; returns leftovers."""
         if mount is not None and mount.process is not None and mount.process.poll() is None:
@@ -158,3 +176,13 @@ class World:
         unmount_all_under(self.base)
         time.sleep(0.2)
         return mounts_under(self.base)
+
+
+def hash_uncached(path: Path) -> str:
+    """xxh3-128 of a file read through the mount, its page cache dropped first."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return file_hash(path)
