@@ -544,10 +544,13 @@ class Mover:
         # tmpfs keeps an unlinked file's pages until the last one closes.
         if self.placement.hot_backing(key) == Backing(replica.tier, Path(replica.path)):
             self.placement.set_hot(key, None)
-        await self._db(self.catalog.begin_evict, replica.file_id, replica.tier)
-        await trio.to_thread.run_sync(pause_point, "evict_marked")
-        await trio.to_thread.run_sync(unlink_quietly, Path(replica.path))
-        await self._db(self.catalog.drop_replica, replica.file_id, replica.tier)
+        # Marked, removed, dropped: once begun, finished even if the mount is stopping, so
+        # that a clean stop leaves no demotion half-done for the next start to repair.
+        with trio.CancelScope(shield=True):
+            await self._db(self.catalog.begin_evict, replica.file_id, replica.tier)
+            await trio.to_thread.run_sync(pause_point, "evict_marked")
+            await trio.to_thread.run_sync(unlink_quietly, Path(replica.path))
+            await self._db(self.catalog.drop_replica, replica.file_id, replica.tier)
         return replica.size
 
     async def cold_changed(self, store: str, relpath: str) -> None:

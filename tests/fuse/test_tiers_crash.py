@@ -40,6 +40,7 @@ from tests.fuse.crashutil import (
     wait_for_log,
     xxh,
 )
+from tierfs.errors import ControlError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -146,6 +147,35 @@ def test_sigterm_during_promotion_leaves_nothing_to_repair(
 
     restart(mount)
     _after_remount(mount, cold_store, hashes, tier)
+
+
+def test_sigterm_during_eviction_leaves_nothing_to_repair(rig: Rig, cold_store: Path) -> None:
+    """A clean stop mid-demotion finishes it (the soak found one left 'evicting')."""
+    mount, hashes, tier = rig(
+        env={"TIERFS_FAULT_PAUSE": "evict_marked", "TIERFS_FAULT_PAUSE_S": "3"}
+    )
+    _promote_and_check_hot(mount, cold_store, hashes, tier, cli=False)
+    demote = threading.Thread(target=_demote_quietly, args=(mount,), daemon=True)
+    demote.start()
+    wait_for_log(mount, "fault point evict_marked reached")
+
+    assert mount.stop() == 0
+    demote.join(timeout=30)
+    _, replicas = read_catalog(mount.state_dir)
+    assert {r.state for r in replicas} <= {"hot"}, replicas
+    assert_catalog_consistent(mount.state_dir, tier)
+    assert_fsck_clean(mount.config)
+    restart(mount)
+    _after_remount(mount, cold_store, hashes, tier)
+
+
+def _demote_quietly(mount: Mount) -> None:
+    """Demote through the control API; the daemon may stop before it answers."""
+    try:
+        with control(mount) as client:
+            client.demote(HF_MODEL)
+    except ControlError:
+        pass
 
 
 def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
