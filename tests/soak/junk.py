@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,22 +44,31 @@ JUNK_VALUES = ['"x"', "-1", "1e999", "[1, 2]", "{a = 1}", "true", '"200Q"', '""'
 
 @dataclass
 class HttpTarget:
-    """An HTTP API to throw junk at."""
+    """An HTTP API to throw junk at.
+
+    Each round gets a fresh client: a connection left idle between rounds can be closed by
+    the server (keep-alive timeout) just as a request goes out on it, which says nothing
+    about how junk is handled.
+    """
 
     name: str
-    client: httpx.Client
+    connect: Callable[[], httpx.Client]
     models: list[str] = field(default_factory=list)
 
     @classmethod
     def unix(cls, name: str, socket: Path, models: list[str]) -> HttpTarget:
-        transport = httpx.HTTPTransport(uds=str(socket))
-        client = httpx.Client(transport=transport, base_url="http://tierfs", timeout=20)
-        return cls(name, client, models)
+        def connect() -> httpx.Client:
+            transport = httpx.HTTPTransport(uds=str(socket))
+            return httpx.Client(transport=transport, base_url="http://tierfs", timeout=20)
+
+        return cls(name, connect, models)
 
     @classmethod
     def tcp(cls, name: str, base_url: str, token: str | None, models: list[str]) -> HttpTarget:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return cls(name, httpx.Client(base_url=base_url, headers=headers, timeout=20), models)
+        return cls(
+            name, lambda: httpx.Client(base_url=base_url, headers=headers, timeout=20), models
+        )
 
 
 def _json_values() -> st.SearchStrategy[Any]:
@@ -110,7 +120,7 @@ def http_round(target: HttpTarget, examples: int) -> tuple[int, list[str]]:
         sent += 1
         what = f"{target.name}: {method} {path!r} {body[:60]!r}"
         try:
-            response = target.client.request(
+            response = client.request(
                 method, path, content=body, headers={"content-type": content_type}
             )
         except httpx.TimeoutException:
@@ -130,7 +140,8 @@ def http_round(target: HttpTarget, examples: int) -> tuple[int, list[str]]:
             if not ok:
                 failures.append(f"{what}: HTTP {response.status_code} without a JSON error")
 
-    probe()
+    with target.connect() as client:
+        probe()
     return sent, failures
 
 
