@@ -77,10 +77,23 @@ class Reader:
                     time.sleep(0.2)
                 else:
                     self.counts["reader_errors"] += 1
-                    self.problems.append(f"{relpath}: {exc!r}")
+                    when = time.strftime("%H:%M:%S")
+                    self.problems.append(f"{when} {relpath}: {exc!r} ({self.where(relpath)})")
                     self.flush(force=True)
             self.flush()
         self.flush(force=True)
+
+    def where(self, relpath: str) -> str:
+        """What the mount says of a file that failed: is it listed, and which copy serves it."""
+        path = self.mountpoint / relpath
+        try:
+            os.stat(path)
+            backing = os.getxattr(path, "user.tierfs.backing").decode()
+        except OSError as exc:
+            return f"stat or xattr: {exc.strerror}"
+        return (
+            f"listed, backing {backing}, which {'exists' if os.path.exists(backing) else 'is gone'}"
+        )
 
     def one(self, relpath: str, use_mmap: bool) -> None:
         expected = self.expected[relpath]
