@@ -508,5 +508,69 @@ def _demo_banner(cfg: Config, config_file: Path, model_names: tuple[str, ...]) -
         err.print(line)
 
 
+@app.command()
+@user_errors
+def install(
+    cold: Annotated[
+        list[str] | None,
+        typer.Option("--cold", help="A cold store, PATH or NAME=PATH (repeat for more)."),
+    ] = None,
+    tier_size: Annotated[
+        str | None, typer.Option("--tier-size", help="RAM tier size, e.g. 64G; 0 for none.")
+    ] = None,
+    tier_path: Annotated[Path, typer.Option("--tier-path", help="Where the RAM tier goes.")] = (
+        Path("/mnt/tierfs/ram0")
+    ),
+    mountpoint: Annotated[
+        Path | None, typer.Option("--mountpoint", help="Where the models appear.")
+    ] = None,
+    root: Annotated[
+        Path, typer.Option("--root", help="Install into this directory instead of /.")
+    ] = Path("/"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing config.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print every file and command; change nothing.")
+    ] = False,
+) -> None:
+    """Write /etc/tierfs/config.toml, install and enable the systemd unit, check the machine.
+
+    Without --cold, and on a terminal, it asks for the cold stores, tier size and mountpoint.
+    """
+    from tierfs import install as inst
+
+    if not cold:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                "give at least one --cold PATH (no terminal to ask on)", path="--cold"
+            )
+        cold = typer.prompt("Cold stores (paths, comma-separated)").split(",")
+        tier_size = tier_size or typer.prompt("RAM tier size", default=inst.default_tier_size())
+        mountpoint = mountpoint or Path(typer.prompt("Mountpoint", default="/models"))
+    cfg = inst.build_config(
+        [c.strip() for c in cold if c.strip()],
+        tier_size=tier_size or inst.default_tier_size(),
+        tier_path=tier_path,
+        mountpoint=mountpoint or inst.DEFAULT_MOUNTPOINT,
+    )
+    plan = inst.plan_install(cfg, root=root.absolute(), force=force)
+    verb = "would" if dry_run else "will"
+    for directory in plan.dirs:
+        out.print(f"{verb} create {directory}/", markup=False)
+    for step in plan.files:
+        out.print(f"{verb} write {step.path} (mode {step.mode:o}):", markup=False)
+        out.print(step.content, end="", markup=False, soft_wrap=True)
+    for command in plan.commands:
+        out.print(f"{verb} run: {' '.join(command)}", markup=False)
+    if not dry_run:
+        inst.apply(plan)
+    for note in plan.notes:
+        out.print(f"note: {note}", markup=False)
+    for check in inst.check_machine(cfg):
+        mark = {True: "ok", False: "warning", None: "unknown"}[check.ok]
+        out.print(f"check {check.name}: {mark}: {check.detail}", markup=False)
+    if not dry_run:
+        out.print(f"installed; the config is {plan.files[0].path}", markup=False)
+
+
 def main() -> None:
     app()

@@ -21,10 +21,11 @@ from typing import Any
 import pyfuse3
 import trio
 
-from tierfs.catalog import Catalog, ReplicaState
+from tierfs.catalog import Catalog
 from tierfs.config import Config
 from tierfs.control import serve_control
 from tierfs.errors import MountError
+from tierfs.faults import pause_point
 from tierfs.fs import TierfsOperations
 from tierfs.fsck import FsckReport, check
 from tierfs.mountinfo import MountEntry, mount_entry
@@ -444,11 +445,6 @@ class DaemonControl:
 
     async def fsck(self, deep: bool) -> dict[str, Any]:
         d = self.daemon
-        busy = frozenset(
-            (r.file_id, r.tier)
-            for r in await trio.to_thread.run_sync(d.catalog.replicas)
-            if r.state is ReplicaState.COPYING
-        )
         token = trio.lowlevel.current_trio_token()
         withdrawn: list[tuple[str, str]] = []
 
@@ -458,18 +454,22 @@ class DaemonControl:
 
         async with self._fsck_lock:
             await d.placement.flush_access()
-            report = await trio.to_thread.run_sync(
-                lambda: check(
+
+            def run_check() -> FsckReport:
+                pause_point("fsck_checking")
+                # Copies may start, finish or be evicted while this runs: `live` leaves
+                # those in flight alone, whenever they began.
+                return check(
                     d.catalog,
                     d.tiers,
                     d.stores,
                     deep=deep,
                     repair=True,
-                    busy=busy,
-                    clear_temp=False,
+                    live=True,
                     withdraw=withdraw,
                 )
-            )
+
+            report = await trio.to_thread.run_sync(run_check)
             # Copies replaced or removed by the check are re-read from the catalog.
             await d.placement.load()
             # Pages read from a withdrawn copy (a corrupt one, say) stay in the kernel's

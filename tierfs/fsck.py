@@ -75,8 +75,7 @@ def check(
     *,
     deep: bool = False,
     repair: bool = True,
-    busy: frozenset[tuple[int, str]] = frozenset(),
-    clear_temp: bool = True,
+    live: bool = False,
     withdraw: Callable[[str, str], None] | None = None,
 ) -> FsckReport:
     """Check every replica and tier file, repairing what is wrong when `repair` is set.
@@ -89,8 +88,9 @@ def check(
         stores: cold store name -> root.
         deep: re-hash every hot copy and compare with the recorded hash.
         repair: fix what is found (otherwise only report it).
-        busy: (file id, tier) of copies in flight in a running daemon: left alone.
-        clear_temp: remove temp files (only when no copy can be running).
+        live: the daemon is running. Its copies and demotions in flight (the replicas in
+            ``copying`` or ``evicting``, and temp files) are its own and left alone; its
+            recovery at start already dealt with any a crash left behind.
         withdraw: called with (store, relpath) before a hot copy is removed or replaced,
             so a running daemon stops serving it first.
     """
@@ -99,14 +99,19 @@ def check(
     tier_by_name = {t.name: t for t in tiers}
     for problem in catalog.integrity_check():
         report.add(f"catalog: {problem}", catalog.path, "needs manual repair")
-    if clear_temp:
+    if not live:
         for tier in tiers:
             for temp in _files_under(tier.tmp_root):
                 report.add("temp file of an interrupted copy", temp, _remove(temp, repair))
+    # The files on the tiers are listed before the catalog is read: a copy renamed into
+    # place was claimed before its rename, so every file listed here that a live daemon
+    # is still copying has its claim among the replicas read below.
+    on_tiers = [path for tier in tiers for path in _files_under(tier.hot_root)]
     records = {r.id: r for r in catalog.files()}
     known_paths: set[Path] = set()
     for replica in catalog.replicas():
-        if (replica.file_id, replica.tier) in busy:
+        in_flight = replica.state in (ReplicaState.COPYING, ReplicaState.EVICTING)
+        if live and in_flight:
             known_paths.add(Path(replica.path))
             continue
         report.replicas_checked += 1
@@ -130,6 +135,8 @@ def check(
             report.add("demotion interrupted", path, _discard(catalog, replica, repair))
             continue
         hot_problem = _hot_problem(catalog, record, replica, stores, repair)
+        if hot_problem is not None and live and not _still_hot(catalog, replica):
+            continue  # demoted while we looked: the daemon took it away, nothing is wrong
         if hot_problem is not None:
             if withdraw and repair:
                 withdraw(*key)
@@ -160,11 +167,18 @@ def check(
                 )
                 continue
         report.adopted += 1
-    for tier in tiers:
-        for path in _files_under(tier.hot_root):
-            if path not in known_paths:
-                report.add("file on tier unknown to the catalog", path, _remove(path, repair))
+    for path in on_tiers:
+        # A file gone since the listing was removed above, or by the daemon: not a stray.
+        if path not in known_paths and os.path.lexists(path):
+            report.add("file on tier unknown to the catalog", path, _remove(path, repair))
     return report
+
+
+def _still_hot(catalog: Catalog, replica: Replica) -> bool:
+    return any(
+        r.tier == replica.tier and r.state is ReplicaState.HOT
+        for r in catalog.replicas(replica.file_id)
+    )
 
 
 def _hot_problem(

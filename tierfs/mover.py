@@ -153,16 +153,22 @@ class Mover:
         self._cold_reasons = {m: r for m, (_, r) in events.items() if r}
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self.inventory()
-            self.placement.on_open = self.note_open
-            self.placement.on_cold_changed = self.cold_changed
-            task_status.started()
-            for model, tier in (await self._db(self.catalog.pins)).items():
-                try:
-                    await self.promote(model, tier, reason="pinned")
-                except TierfsError as exc:
-                    log.warning("pinned model %s cannot be promoted: %s", model, exc)
-            await trio.sleep_forever()
+            try:
+                await self.inventory()
+                self.placement.on_open = self.note_open
+                self.placement.on_cold_changed = self.cold_changed
+                task_status.started()
+                for model, tier in (await self._db(self.catalog.pins)).items():
+                    try:
+                        await self.promote(model, tier, reason="pinned")
+                    except TierfsError as exc:
+                        log.warning("pinned model %s cannot be promoted: %s", model, exc)
+                await trio.sleep_forever()
+            finally:
+                # Shutting down: copies stop at their next chunk instead of running to the
+                # end in their threads, and each one's bookkeeping is finished (shielded).
+                for job in self._active.values():
+                    job.cancel.set()
 
     async def _db(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._catalog_limiter)
@@ -332,8 +338,8 @@ class Mover:
     async def _copy_one(self, job: Job, f: ModelFile, tier: Tier) -> None:
         final = tier.hot_path(*f.key)
         temp = tier.temp_path(f.record.id)
-        async with self._copy_limiter:
-            try:
+        try:
+            async with self._copy_limiter:
                 if job.cancel.is_set():
                     raise CopyCancelled("cancelled before it started", path=str(final))
                 result = await trio.to_thread.run_sync(
@@ -348,30 +354,38 @@ class Mover:
                         durable=tier.durable,
                     )
                 )
-            except (CopyError, OSError) as exc:
+        except (CopyError, OSError, trio.Cancelled) as exc:
+            # No copy in place: drop the claim, even when the mount is stopping (a copy
+            # still waiting for its turn is cancelled there) so that nothing is left to repair.
+            with trio.CancelScope(shield=True):
                 await self._db(self.catalog.drop_replica, f.record.id, tier.name)
-                if isinstance(exc, CopyCancelled):
-                    return
-                if isinstance(exc, OSError):
-                    exc = CopyError(f"copy of {f.node.source} failed: {exc}", path=str(final))
-                # Not raised: trio would wrap it in an ExceptionGroup that no handler
-                # above matches (killing the daemon), and would cancel the sibling copies
-                # between their rename and their catalog update, leaking their claims.
-                job.error = job.error or str(exc)
-                log.error("promotion of %s failed: %s", job.model, exc)
+            if isinstance(exc, trio.Cancelled):
+                raise
+            if isinstance(exc, CopyCancelled):
                 return
-        await trio.to_thread.run_sync(pause_point, "copy_renamed")
-        accepted = await self._db(
-            self.catalog.finish_copy,
-            f.record.id,
-            tier.name,
-            result.xxh3,
-            f.record.identity,
-        )
-        if not accepted:
-            # Demoted or changed underneath while we copied: the copy must not serve.
-            await trio.to_thread.run_sync(unlink_quietly, final)
+            if isinstance(exc, OSError):
+                exc = CopyError(f"copy of {f.node.source} failed: {exc}", path=str(final))
+            # Not raised: trio would wrap it in an ExceptionGroup that no handler
+            # above matches (killing the daemon), and would cancel the sibling copies
+            # between their rename and their catalog update, leaking their claims.
+            job.error = job.error or str(exc)
+            log.error("promotion of %s failed: %s", job.model, exc)
             return
+        # The copy is in place: settle it in the catalog even if the mount is stopping, so
+        # that a clean stop leaves no claim half-done for the next start to repair.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(pause_point, "copy_renamed")
+            accepted = await self._db(
+                self.catalog.finish_copy,
+                f.record.id,
+                tier.name,
+                result.xxh3,
+                f.record.identity,
+            )
+            if not accepted:
+                # Demoted or changed underneath while we copied: the copy must not serve.
+                await trio.to_thread.run_sync(unlink_quietly, final)
+                return
         record = await self._db(self.catalog.file, f.record.id)
         if record is not None:
             self.placement.set_record(record)
@@ -537,10 +551,13 @@ class Mover:
         # tmpfs keeps an unlinked file's pages until the last one closes.
         if self.placement.hot_backing(key) == Backing(replica.tier, Path(replica.path)):
             self.placement.set_hot(key, None)
-        await self._db(self.catalog.begin_evict, replica.file_id, replica.tier)
-        await trio.to_thread.run_sync(pause_point, "evict_marked")
-        await trio.to_thread.run_sync(unlink_quietly, Path(replica.path))
-        await self._db(self.catalog.drop_replica, replica.file_id, replica.tier)
+        # Marked, removed, dropped: once begun, finished even if the mount is stopping, so
+        # that a clean stop leaves no demotion half-done for the next start to repair.
+        with trio.CancelScope(shield=True):
+            await self._db(self.catalog.begin_evict, replica.file_id, replica.tier)
+            await trio.to_thread.run_sync(pause_point, "evict_marked")
+            await trio.to_thread.run_sync(unlink_quietly, Path(replica.path))
+            await self._db(self.catalog.drop_replica, replica.file_id, replica.tier)
         return replica.size
 
     async def cold_changed(self, store: str, relpath: str) -> None:

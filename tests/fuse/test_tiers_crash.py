@@ -39,6 +39,7 @@ from tests.fuse.crashutil import (
     xxh,
 )
 from tests.fuse.tierutil import cli_ok, promote_wait
+from tierfs.errors import ControlError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -122,6 +123,58 @@ def test_kill_during_promotion_then_remount(point: str, rig: Rig, cold_store: Pa
     assert mount.stop() == 0
     assert_fsck_clean(mount.config)
     assert_catalog_consistent(mount.state_dir, tier)
+
+
+@pytest.mark.parametrize("point", ["copy_started", "copy_renamed"])
+def test_sigterm_during_promotion_leaves_nothing_to_repair(
+    point: str, rig: Rig, cold_store: Path
+) -> None:
+    """A clean stop mid-copy settles the copy: fsck afterwards finds nothing (the soak
+    found a SIGTERM between a copy's rename and its acceptance leaving the claim behind)."""
+    mount, hashes, tier = rig(env={"TIERFS_FAULT_PAUSE": point, "TIERFS_FAULT_PAUSE_S": "3"})
+    with control(mount) as client:
+        client.promote(HF_MODEL, None)
+    wait_for_log(mount, f"fault point {point} reached")
+
+    assert mount.stop() == 0
+    _, replicas = read_catalog(mount.state_dir)
+    assert {r.state for r in replicas} <= {"hot"}, replicas
+    assert not files_under(tier / ".tmp")
+    assert_catalog_consistent(mount.state_dir, tier)
+    out = assert_fsck_clean(mount.config)
+    assert "0 hot copies checked" in out or point == "copy_renamed", out
+
+    restart(mount)
+    _after_remount(mount, cold_store, hashes, tier)
+
+
+def test_sigterm_during_eviction_leaves_nothing_to_repair(rig: Rig, cold_store: Path) -> None:
+    """A clean stop mid-demotion finishes it (the soak found one left 'evicting')."""
+    mount, hashes, tier = rig(
+        env={"TIERFS_FAULT_PAUSE": "evict_marked", "TIERFS_FAULT_PAUSE_S": "3"}
+    )
+    _promote_and_check_hot(mount, cold_store, hashes, tier, cli=False)
+    demote = threading.Thread(target=_demote_quietly, args=(mount,), daemon=True)
+    demote.start()
+    wait_for_log(mount, "fault point evict_marked reached")
+
+    assert mount.stop() == 0
+    demote.join(timeout=30)
+    _, replicas = read_catalog(mount.state_dir)
+    assert {r.state for r in replicas} <= {"hot"}, replicas
+    assert_catalog_consistent(mount.state_dir, tier)
+    assert_fsck_clean(mount.config)
+    restart(mount)
+    _after_remount(mount, cold_store, hashes, tier)
+
+
+def _demote_quietly(mount: Mount) -> None:
+    """Demote through the control API; the daemon may stop before it answers."""
+    try:
+        with control(mount) as client:
+            client.demote(HF_MODEL)
+    except ControlError:
+        pass
 
 
 def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:

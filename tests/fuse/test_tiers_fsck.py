@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory
+from tests.fuse.conftest import Mount, MountFactory, wait_until
 from tests.fuse.crashutil import (
     HF_MODEL,
     ROOT,
@@ -30,9 +31,11 @@ from tests.fuse.crashutil import (
     file_hash,
     files_under,
     manual_tier_toml,
+    model_state,
     read_catalog,
     read_through,
     restart,
+    wait_for_log,
     xxh,
 )
 from tests.fuse.tierutil import promote_wait, write_random
@@ -303,3 +306,37 @@ def test_newer_catalog_schema_is_refused_with_one_line(
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == "999"
     assert files_under(tier / "hot") == []
+
+
+def test_online_fsck_leaves_copies_that_began_during_it_alone(
+    tiers: TierDirs, mount_factory: MountFactory, cold_store: Path
+) -> None:
+    """A promotion that starts while an online fsck is under way is the daemon's own work,
+    not a crash's leftover (the soak caught fsck removing such a copy)."""
+    hashes = build_hf_model(cold_store)
+    tier = tiers.new()
+    pauses = {"TIERFS_FAULT_PAUSE": "fsck_checking,copy_renamed", "TIERFS_FAULT_PAUSE_S": "3"}
+    mount = mount_factory([("cold", cold_store)], extra=manual_tier_toml(tier), env=pauses)
+    report: dict[str, object] = {}
+
+    def online_fsck() -> None:
+        with control(mount) as client:
+            report.update(client.fsck(False))
+
+    fsck = threading.Thread(target=online_fsck)
+    fsck.start()
+    wait_for_log(mount, "fault point fsck_checking reached")
+    with control(mount) as client:
+        client.promote(HF_MODEL, None)
+    # A copy is renamed into place, not yet accepted, when the paused fsck reads the catalog.
+    wait_for_log(mount, "fault point copy_renamed reached")
+    fsck.join(timeout=60)
+    assert not fsck.is_alive()
+    assert report["findings"] == [], report
+
+    wait_until(lambda: model_state(mount, HF_MODEL)["state"] == "hot", 60, "the promotion")
+    served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
+    assert set(served.values()) == {TIER}, served
+    assert_catalog_consistent(mount.state_dir, tier)
+    assert mount.stop() == 0
+    assert_fsck_clean(mount.config)
