@@ -27,7 +27,7 @@ from loader.backends.base import BackendFile
 from loader.distributed import DistContext
 from loader.errors import IntegrityError, LoaderIOError
 from loader.format import Header
-from loader.memory import BufferPool, HostBuffer, tensor_bytes
+from loader.memory import HUGE_DESTINATIONS, BufferPool, HostBuffer, tensor_bytes
 from loader.plan import Kind, Plan, PlannedTensor, Request
 from loader.tierfs import ResolvedFile
 
@@ -160,7 +160,7 @@ class Pipeline:
             if buf is None:
                 t = self.plan.tensors[r.own]
                 if self.copy:
-                    buf = HostBuffer(t.own_len)
+                    buf = HostBuffer(t.own_len, huge=HUGE_DESTINATIONS)
                 else:
                     got = self.pool.try_acquire(t.own_len, force)
                     if got is None:
