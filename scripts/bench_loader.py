@@ -2,11 +2,12 @@
 """Benchmark the loader against its peers on one multi-GiB bf16 checkpoint, into CPU memory
 (the default) or into GPU memory (``--device cuda``), with the bounds measured in the same run.
 
-Scenarios: cold from disk (page cache dropped before each run), warm from disk (after an
-unrecorded load) and from tmpfs.  Every method keeps every tensor it loaded, in memory it
-owns, until the clock stops (scripts/loader_methods.py says how for each).  Every measurement
-is a fresh process; the methods are interleaved in an order that rotates with each
-repetition, and the median is reported with each method's peak RSS.
+Scenarios: cold from disk (page cache dropped before each run), warm from disk (the files
+read through the page cache before each run) and from tmpfs.  Every method keeps every
+tensor it loaded, in memory it owns, until the clock stops (scripts/loader_methods.py says
+how for each).  Every measurement is a fresh process; the methods are interleaved in an
+order that rotates with each repetition, and the median is reported with each method's
+peak RSS.
 
 Bounds, each a method of its own in the same rotation:
 
@@ -138,6 +139,15 @@ def _child(method: str, ck: Checkpoint, settle: float) -> dict[str, Any]:
 def drop_caches() -> None:
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def warm_cache(ck: Checkpoint) -> None:
+    """Read the files through the page cache, so every method finds them there (a method's
+    own load would not do: O_DIRECT readers leave the cache cold)."""
+    for p in [*ck.paths, *([ck.tensorizer] if ck.tensorizer else [])]:
+        with open(p, "rb", buffering=0) as f:
+            while f.read(8 << 20):
+                pass
 
 
 def run_child(
@@ -333,7 +343,7 @@ def main() -> None:
                     if scen == "disk-cold" and drop:
                         drop_caches()
                     elif scen == "disk-warm":
-                        run_child(m, ck, args.timeout, 0.0)  # warms the cache; not recorded
+                        warm_cache(ck)
                     r = run_child(m, ck, args.timeout, args.settle)
                     key = f"{scen}/{m}"
                     entry = results["runs"].setdefault(key, {"samples": [], "errors": []})
