@@ -6,8 +6,8 @@ Scenarios: cold from disk (page cache dropped before each run), warm from disk (
 read through the page cache before each run) and from tmpfs.  Every method keeps every
 tensor it loaded, in memory it owns, until the clock stops (scripts/loader_methods.py says
 how for each).  Every measurement is a fresh process; the methods are interleaved in an
-order that rotates with each repetition, and the median is reported with each method's
-peak RSS.
+order that rotates with each repetition (one scenario after the other, so the tmpfs copies
+only take memory during their own), and the median is reported with each method's peak RSS.
 
 Bounds, each a method of its own in the same rotation:
 
@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader_methods import METHODS, MODULES, Checkpoint, loaded_bytes
+from loader_methods import LOADER_STATS, METHODS, MODULES, Checkpoint, loaded_bytes
 
 log = logging.getLogger("bench_loader")
 PEERS = ["loader", "safetensors", "fastsafetensors", "runai", "tensorizer"]
@@ -130,6 +130,7 @@ def _child(method: str, ck: Checkpoint, settle: float) -> dict[str, Any]:
         "sys_s": ru1.ru_stime - ru0.ru_stime,
         "nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw,
         "threads": threads.peak,
+        **({"loader": dict(LOADER_STATS)} if LOADER_STATS else {}),
     }
     del keep
     return out
@@ -302,18 +303,6 @@ def main() -> None:
     disk_paths = make_checkpoint(disk, args.size_gb, args.shards)
     tdisk = make_tensorizer(disk_paths, disk) if "tensorizer" in peers else None
     on_disk = Checkpoint(disk_paths, tdisk, device)
-    on_shm = on_disk
-    if "tmpfs" in scenarios:
-        shm.mkdir(parents=True, exist_ok=True)
-        shm_paths = []
-        for p in disk_paths:
-            shutil.copy(p, shm / Path(p).name)
-            shm_paths.append(str(shm / Path(p).name))
-        tshm = None
-        if tdisk:
-            tshm = str(shm / "model.tensors")
-            shutil.copy(tdisk, tshm)
-        on_shm = Checkpoint(shm_paths, tshm, device)
     total = sum(os.path.getsize(p) for p in disk_paths)
 
     results: dict[str, Any] = {
@@ -331,9 +320,11 @@ def main() -> None:
 
         results["machine"]["gpu"] = torch.cuda.get_device_name(device)
     try:
-        for rep in range(args.repeat):
-            for scen in scenarios:
-                ck = on_shm if scen == "tmpfs" else on_disk
+        # One scenario at a time, so the tmpfs copies (twice the model with tensorizer's)
+        # take no memory while the disk scenarios run.
+        for scen in scenarios:
+            ck = to_tmpfs(on_disk, shm) if scen == "tmpfs" else on_disk
+            for rep in range(args.repeat):
                 order = peers + extra[scen]
                 # Rotate, so each method follows a different one in each repetition.
                 k = rep % len(order)
@@ -344,27 +335,9 @@ def main() -> None:
                         drop_caches()
                     elif scen == "disk-warm":
                         warm_cache(ck)
-                    r = run_child(m, ck, args.timeout, args.settle)
-                    key = f"{scen}/{m}"
-                    entry = results["runs"].setdefault(key, {"samples": [], "errors": []})
-                    if "error" in r:
-                        entry["errors"].append(r["error"])
-                        log.info("%-30s rep %d: error %s", key, rep, r["error"])
-                        continue
-                    r["gbps"] = r["bytes"] / r["seconds"] / 1e9
-                    entry["samples"].append(r)
-                    log.info(
-                        "%-30s rep %d: %5.2f GB/s, +%.2f GiB RSS peak, %d minflt, "
-                        "user %.1f s sys %.1f s, %d threads",
-                        key,
-                        rep,
-                        r["gbps"],
-                        (r["peak_rss_kib"] - r["rss_before_kib"]) / 2**20,
-                        r["minflt"],
-                        r["user_s"],
-                        r["sys_s"],
-                        r["threads"],
-                    )
+                    record(results, scen, m, rep, run_child(m, ck, args.timeout, args.settle))
+            if scen == "tmpfs":
+                shutil.rmtree(shm, ignore_errors=True)
     finally:
         summarise(results)
         Path(args.out).write_text(json.dumps(results, indent=2))
@@ -374,12 +347,47 @@ def main() -> None:
     print_table(results, scenarios, peers, extra)
 
 
+def to_tmpfs(ck: Checkpoint, shm: Path) -> Checkpoint:
+    """A copy of the checkpoint's files under ``shm``."""
+    shm.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for p in [*ck.paths, *([ck.tensorizer] if ck.tensorizer else [])]:
+        shutil.copy(p, shm / Path(p).name)
+        paths.append(str(shm / Path(p).name))
+    tfile = paths.pop() if ck.tensorizer else None
+    return Checkpoint(paths, tfile, ck.device)
+
+
+def record(results: dict[str, Any], scen: str, m: str, rep: int, r: dict[str, Any]) -> None:
+    key = f"{scen}/{m}"
+    entry = results["runs"].setdefault(key, {"samples": [], "errors": []})
+    if "error" in r:
+        entry["errors"].append(r["error"])
+        log.info("%-30s rep %d: error %s", key, rep, r["error"])
+        return
+    r["gbps"] = r["bytes"] / r["seconds"] / 1e9
+    entry["samples"].append(r)
+    log.info(
+        "%-30s rep %d: %5.2f GB/s, +%.2f GiB RSS peak, %d minflt, user %.1f s sys %.1f s, "
+        "%d threads",
+        key,
+        rep,
+        r["gbps"],
+        (r["peak_rss_kib"] - r["rss_before_kib"]) / 2**20,
+        r["minflt"],
+        r["user_s"],
+        r["sys_s"],
+        r["threads"],
+    )
+
+
 def summarise(results: dict[str, Any]) -> None:
     """Medians per cell, and each method's worst peak RSS added by the load."""
     for entry in results["runs"].values():
         s = entry.get("samples")
         if s:
             entry["median_gbps"] = statistics.median(x["gbps"] for x in s)
+            entry["median_cpu_s"] = statistics.median(x["user_s"] + x["sys_s"] for x in s)
             entry["peak_added_gib"] = max(
                 (x["peak_rss_kib"] - x["rss_before_kib"]) / 2**20 for x in s
             )
@@ -393,7 +401,8 @@ def print_table(
     print(
         f"\n{m['date']}; {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, "
         f"Linux {m['kernel']}; {results['bytes'] / 1e9:.2f} GB in {results['files']} files, "
-        f"{where}; median GB/s (peak RSS added, GiB)"
+        f"{where}; cells: median GB/s (median CPU seconds, user + system; worst peak RSS "
+        "added, GiB)"
         + ("" if results["cold_dropped"] else "  (page cache NOT dropped: cold is not cold)")
     )
     rows = peers + [x for s in scenarios for x in extra[s] if x not in peers]
@@ -405,10 +414,44 @@ def print_table(
         for scen in scenarios:
             e = results["runs"].get(f"{scen}/{meth}", {})
             if "median_gbps" in e:
-                cells.append(f"{e['median_gbps']:.2f} ({e['peak_added_gib']:.2f})")
+                cells.append(
+                    f"{e['median_gbps']:.2f} ({e['median_cpu_s']:.1f} s; "
+                    f"+{e['peak_added_gib']:.2f})"
+                )
             else:
                 cells.append("error" if e.get("errors") else "-")
         print(f"| {meth} | " + " | ".join(cells) + " |")
+    print()
+    for line in ratios(results, scenarios, peers):
+        print(line)
+
+
+def ratios(results: dict[str, Any], scenarios: list[str], peers: list[str]) -> list[str]:
+    """The loader against the best peer and against the fresh-memory bound, per scenario,
+    in GB/s and in CPU seconds (the steadier figure on a shared machine)."""
+    out = []
+    bound = {"disk-cold": "bound-direct-fresh", "disk-warm": "bound-copy-fresh"}
+    bound["tmpfs"] = "bound-copy-fresh"
+    for scen in scenarios:
+        cell = {m: results["runs"].get(f"{scen}/{m}", {}) for m in [*peers, bound[scen]]}
+        mine = cell.get("loader", {})
+        others = [
+            (m, e) for m, e in cell.items() if m in peers and m != "loader" and e.get("samples")
+        ]
+        if "median_gbps" not in mine or not others:
+            continue
+        best, e = max(others, key=lambda x: x[1]["median_gbps"])
+        thrift, c = min(others, key=lambda x: x[1]["median_cpu_s"])
+        line = (
+            f"{scen}: loader / best peer ({best}) {mine['median_gbps'] / e['median_gbps']:.2f}x "
+            f"in GB/s; CPU seconds, least-CPU peer ({thrift}) / loader "
+            f"{c['median_cpu_s'] / mine['median_cpu_s']:.2f}x"
+        )
+        b = cell.get(bound[scen], {})
+        if "median_gbps" in b:
+            line += f"; loader / {bound[scen]} {mine['median_gbps'] / b['median_gbps']:.2f}x"
+        out.append(line)
+    return out
 
 
 if __name__ == "__main__":
