@@ -1,19 +1,24 @@
 """Host memory: page-aligned buffers, a reusable staging pool, pinned staging for CUDA.
 
-Fresh memory is expensive on this class of machine (first touch costs as much as the I/O),
-so staging buffers are pooled and reused, and large destinations are anonymous mappings
-with transparent huge pages so the kernel faults them in 2 MiB steps inside the read.
+Fresh memory is expensive on VMs (first touch costs as much as the I/O), so staging buffers
+are pooled and reused, in transparent huge pages, which also make each O_DIRECT request a
+few large DMA segments.  Fresh destinations (the tensors a load returns) get huge pages only
+where the host does not take free memory back: on a VM whose balloon reports free pages,
+a 2 MiB page can only come from a block the host has reclaimed, and its first touch
+measured about 4x slower than that of 4 KiB pages (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import logging
 import mmap
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,8 +28,32 @@ log = logging.getLogger(__name__)
 PAGE = 4096
 _HUGE = 2 << 20
 _MADV_POPULATE_WRITE = 23
-# Huge pages halve the cost of first touch here; LOADER_HUGE=0 turns them off for comparison.
-_USE_HUGE = os.environ.get("LOADER_HUGE", "1") == "1"
+# virtio-balloon's VIRTIO_BALLOON_F_REPORTING: sysfs lists feature bits as '0'/'1', bit 0 first.
+_BALLOON_FEATURES = "/sys/bus/virtio/drivers/virtio_balloon/virtio*/features"
+_F_REPORTING = 5
+
+
+def host_reclaims_free_pages() -> bool:
+    """Whether this machine is a VM that hands its free pages back to the host."""
+    for path in glob.glob(_BALLOON_FEATURES):
+        try:
+            bits = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if len(bits) > _F_REPORTING and bits[_F_REPORTING] == "1":
+            return True
+    return False
+
+
+def _huge_destinations() -> bool:
+    # LOADER_HUGE=1/0 overrides the choice, for measurements.
+    env = os.environ.get("LOADER_HUGE")
+    if env in ("0", "1"):
+        return env == "1"
+    return not host_reclaims_free_pages()
+
+
+HUGE_DESTINATIONS = _huge_destinations()
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -40,13 +69,15 @@ def _madvise(addr: int, length: int, advice: int) -> None:
 class HostBuffer:
     """A page-aligned block of host memory with its address, a memoryview and a tensor.
 
+    ``huge`` advises transparent huge pages for an unpinned buffer of 2 MiB or more.
+
     The uint8 tensor keeps the underlying mapping alive, so tensors carved out of it stay
     valid after the buffer object itself is dropped.
     """
 
     __slots__ = ("_keep", "addr", "event", "mv", "size", "tensor")
 
-    def __init__(self, size: int, pinned: bool = False) -> None:
+    def __init__(self, size: int, pinned: bool = False, huge: bool = True) -> None:
         size = max(PAGE, (size + PAGE - 1) // PAGE * PAGE)
         self.size = size
         self.event: Any = None
@@ -63,7 +94,7 @@ class HostBuffer:
             self._keep = raw
         else:
             mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            if size >= _HUGE and _USE_HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
+            if size >= _HUGE and huge and hasattr(mmap, "MADV_HUGEPAGE"):
                 with contextlib.suppress(OSError):
                     mm.madvise(mmap.MADV_HUGEPAGE)
             self.mv = memoryview(mm)

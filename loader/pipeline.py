@@ -27,7 +27,7 @@ from loader.backends.base import BackendFile
 from loader.distributed import DistContext
 from loader.errors import IntegrityError, LoaderIOError
 from loader.format import Header
-from loader.memory import BufferPool, HostBuffer, tensor_bytes
+from loader.memory import HUGE_DESTINATIONS, BufferPool, HostBuffer, tensor_bytes
 from loader.plan import Kind, Plan, PlannedTensor, Request
 from loader.tierfs import ResolvedFile
 
@@ -49,17 +49,27 @@ class OpenFile:
 
 @dataclass
 class Stats:
-    """Counters of one pass; reader threads update them under the lock."""
+    """Counters of one pass; reader threads update them under the lock.
+
+    ``populate_s`` and ``read_s`` add up the time reader threads spent populating fresh
+    destinations and reading (in a copy from memory: faulting and copying), over all
+    threads; with ``threads`` they show where a pass's time went.
+    """
 
     bytes_read: int = 0
     requests: int = 0
+    populate_s: float = 0.0
+    read_s: float = 0.0
+    threads: int = 0
     started: float = field(default_factory=time.perf_counter)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, nbytes: int) -> None:
+    def add(self, nbytes: int, populate_s: float = 0.0, read_s: float = 0.0) -> None:
         with self.lock:
             self.bytes_read += nbytes
             self.requests += 1
+            self.populate_s += populate_s
+            self.read_s += read_s
 
 
 class Pipeline:
@@ -160,7 +170,7 @@ class Pipeline:
             if buf is None:
                 t = self.plan.tensors[r.own]
                 if self.copy:
-                    buf = HostBuffer(t.own_len)
+                    buf = HostBuffer(t.own_len, huge=HUGE_DESTINATIONS)
                 else:
                     got = self.pool.try_acquire(t.own_len, force)
                     if got is None:
@@ -192,10 +202,12 @@ class Pipeline:
     # ---------------------------------------------------------------- reading
     def _work(self, r: Request, buf: HostBuffer, off: int) -> None:
         f = self.files[r.file]
+        t0 = time.perf_counter()
         if r.own >= 0 and _PREFAULT:
             buf.prefault(off, r.length)
+        t1 = time.perf_counter()
         f.bf.read_into(buf.mv[off : off + r.length], buf.addr + off, r.offset, r.need)
-        self.stats.add(r.need)
+        self.stats.add(r.need, t1 - t0, time.perf_counter() - t1)
         if self._scatter_in_worker and r.own < 0:
             for p in r.pieces:
                 d = self._dest[p.tensor]

@@ -436,7 +436,7 @@ class SafeOpen:
                 UserWarning,
                 stacklevel=3,
             )
-        stats = Stats()
+        stats = Stats(threads=self.tuning.threads)
         self.last_stats = stats
         return Pipeline(
             self.files,

@@ -1,135 +1,139 @@
 #!/usr/bin/env python3
 """Benchmark the loader against its peers on one multi-GiB bf16 checkpoint, into CPU memory
-(the default) or into GPU memory (``--device cuda``).
+(the default) or into GPU memory (``--device cuda``), with the bounds measured in the same run.
 
-Scenarios: cold from disk (page cache dropped before each run), warm from disk, and from
-tmpfs.  Methods: this loader, safetensors ``load_file`` materialised (clone of each tensor),
-fastsafetensors (nogds), runai-model-streamer, tensorizer (its own format, converted from the
-same tensors outside the timing), and fio's O_DIRECT sequential read as the bound.  Every
-measurement runs in a fresh process so freed memory and warm allocators do not leak from one
-method into the next.
+Scenarios: cold from disk (page cache dropped before each run), warm from disk (the files
+read through the page cache before each run) and from tmpfs.  Every method keeps every
+tensor it loaded, in memory it owns, until the clock stops (scripts/loader_methods.py says
+how for each).  Every measurement is a fresh process; the methods are interleaved in an
+order that rotates with each repetition (one scenario after the other, so the tmpfs copies
+only take memory during their own), and the median is reported with each method's peak RSS.
 
-    python scripts/bench_loader.py --size-gb 4 --shards 2 --repeat 3 --out bench.json
+Bounds, each a method of its own in the same rotation:
 
-Dropping the page cache needs root and disturbs anyone else measuring on the machine: pass
+- ``bound-direct-fresh`` (cold, warm): O_DIRECT from the same files into fresh, kept memory;
+- ``bound-copy-fresh`` (warm, tmpfs): a copy from the page cache or tmpfs into fresh, kept
+  memory;
+- ``bound-io-only`` (cold): O_DIRECT into reused buffers, the storage alone; no load into
+  owned memory can reach it, because it touches no fresh memory.
+
+``loader-views`` (tmpfs only) is the loader with ``copy=False``: views of the hot copy's
+pages, zero added RSS, reported apart because it reads nothing until a tensor is used.
+
+    python scripts/bench_loader.py --size-gb 4.4 --shards 2 --repeat 3 --out bench.json
+
+Fresh memory is the main cost here: the VM returns freed pages to the host a moment after
+they are freed, and the first touch of such a page is several times slower than a touch of
+one the guest still holds.  Each child therefore waits ``--settle`` seconds after its imports,
+before the clock starts, so every method starts from the same state: whatever the previous
+process freed has gone back to the host.  Dropping the page cache needs root: pass
 ``--no-drop`` while developing (cold figures are then not cold and are marked so).
-
-With ``--device cuda`` every method loads into ``cuda:0`` and the clock stops after a device
-synchronise; InstantTensor (CUDA only) joins the peers, tensorizer drops out, and
-fastsafetensors runs with GDS where the file system allows it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader_methods import LOADER_STATS, METHODS, MODULES, Checkpoint, loaded_bytes
+
 log = logging.getLogger("bench_loader")
-REPO = Path(__file__).resolve().parent.parent
-METHODS = ["loader", "safetensors", "fastsafetensors", "runai", "tensorizer"]
-CUDA_METHODS = ["loader", "safetensors", "fastsafetensors", "runai", "instanttensor"]
+PEERS = ["loader", "safetensors", "fastsafetensors", "runai", "tensorizer"]
+CUDA_PEERS = ["loader", "safetensors", "fastsafetensors", "runai", "instanttensor"]
+# Methods that run only in some scenarios, besides the peers.
+EXTRA = {
+    "disk-cold": ["bound-direct-fresh", "bound-io-only"],
+    "disk-warm": ["bound-copy-fresh", "bound-direct-fresh"],
+    "tmpfs": ["bound-copy-fresh", "loader-views"],
+}
+CUDA_EXTRA = {"disk-cold": ["bound-io-only"], "disk-warm": [], "tmpfs": []}
 
 
 # --------------------------------------------------------------------------- one measurement
-def _load(method: str, paths: list[str], tfile: str | None, device: str = "cpu") -> int:
-    """Load everything into ``device`` memory with ``method``; returns the bytes loaded."""
-    n = 0
-    cuda = device != "cpu"
-    if method.startswith("loader"):
-        sys.path.insert(0, str(REPO))
-        import loader
-
-        backend = method.split(":", 1)[1] if ":" in method else None
-        with loader.safe_open(paths, device=device, backend=backend) as f:
-            for _name, t in f.tensors():
-                n += t.numel() * t.element_size()
-    elif method == "safetensors":
-        from safetensors.torch import load_file
-
-        keep = []
-        for p in paths:
-            for _name, t in load_file(p, device=device).items():
-                # On CPU load_file's tensors sit on a lazy mapping; clone makes them resident.
-                keep.append(t if cuda else t.clone())
-        n = sum(t.numel() * t.element_size() for t in keep)
-    elif method == "fastsafetensors":
-        from fastsafetensors import fastsafe_open
-
-        with fastsafe_open(paths, nogds=not cuda, device=device) as f:
-            keep = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
-        n = sum(t.numel() * t.element_size() for t in keep.values())
-    elif method == "runai":
-        from runai_model_streamer import SafetensorsStreamer
-
-        keep = {}
-        with SafetensorsStreamer() as s:
-            s.stream_files(paths, device=device, owned=True)
-            for name, t in s.get_tensors():
-                keep[name] = t
-        n = sum(t.numel() * t.element_size() for t in keep.values())
-    elif method == "tensorizer":
-        from tensorizer import TensorDeserializer
-
-        assert tfile is not None
-        with TensorDeserializer(tfile, device=device) as d:
-            keep = dict(d.items())
-        n = sum(t.numel() * t.element_size() for t in keep.values())
-    elif method == "instanttensor":
-        import instanttensor
-
-        keep = {}
-        with instanttensor.safe_open(paths, framework="pt", device=device) as f:
-            for name, t in f.tensors():
-                keep[name] = t
-        n = sum(t.numel() * t.element_size() for t in keep.values())
-    else:
-        raise SystemExit(f"unknown method {method}")
-    if cuda:
-        import torch
-
-        torch.cuda.synchronize()
-    return n
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
 
 
-def _preimport(method: str, device: str) -> None:
-    """Import everything a method needs before the clock starts."""
-    import importlib
+class _ThreadPeak:
+    """Samples the process's thread count while a load runs (every 10 ms)."""
 
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            # Minus this sampler itself.
+            self.peak = max(self.peak, len(os.listdir("/proc/self/task")) - 1)
+
+    def __enter__(self) -> _ThreadPeak:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _child(method: str, ck: Checkpoint, settle: float) -> dict[str, Any]:
+    """One timed load in this (fresh) process; returns the figures as a dict."""
     import torch
 
-    sys.path.insert(0, str(REPO))
-    mods = {
-        "loader": "loader",
-        "safetensors": "safetensors.torch",
-        "fastsafetensors": "fastsafetensors",
-        "runai": "runai_model_streamer",
-        "tensorizer": "tensorizer",
-        "instanttensor": "instanttensor",
-    }
-    importlib.import_module(mods[method.split(":")[0]])
-    if device != "cpu":
+    if method in MODULES:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        importlib.import_module(MODULES[method])
+    if ck.device != "cpu":
         # The CUDA context belongs to start-up, not to the load.
-        torch.empty(1, device=device)
+        torch.empty(1, device=ck.device)
         torch.cuda.synchronize()
-
-
-def _child(args: argparse.Namespace) -> None:
-    _preimport(args.method, args.device)
-    t0 = time.perf_counter()
-    n = _load(args.method, args.paths, args.tfile, args.device)
-    dt = time.perf_counter() - t0
-    print(json.dumps({"bytes": n, "seconds": dt}))
+    time.sleep(settle)
+    # Reset the peak RSS (VmHWM) so it measures the load, not the imports.
+    Path("/proc/self/clear_refs").write_text("5")
+    rss0 = _status_kib("VmRSS")
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    with _ThreadPeak() as threads:
+        t0 = time.perf_counter()
+        keep = METHODS[method](ck)
+        if ck.device != "cpu":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    out = {
+        "bytes": loaded_bytes(keep),
+        "seconds": dt,
+        "tensors": len(keep),
+        "rss_before_kib": rss0,
+        "peak_rss_kib": _status_kib("VmHWM"),
+        "rss_after_kib": _status_kib("VmRSS"),
+        "minflt": ru1.ru_minflt - ru0.ru_minflt,
+        "majflt": ru1.ru_majflt - ru0.ru_majflt,
+        "user_s": ru1.ru_utime - ru0.ru_utime,
+        "sys_s": ru1.ru_stime - ru0.ru_stime,
+        "nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw,
+        "threads": threads.peak,
+        **({"loader": dict(LOADER_STATS)} if LOADER_STATS else {}),
+    }
+    del keep
+    return out
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -138,81 +142,26 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def warm_cache(ck: Checkpoint) -> None:
+    """Read the files through the page cache, so every method finds them there (a method's
+    own load would not do: O_DIRECT readers leave the cache cold)."""
+    for p in [*ck.paths, *([ck.tensorizer] if ck.tensorizer else [])]:
+        with open(p, "rb", buffering=0) as f:
+            while f.read(8 << 20):
+                pass
+
+
 def run_child(
-    method: str, paths: list[str], tfile: str | None, timeout: int, device: str = "cpu"
+    method: str, ck: Checkpoint, timeout: int, settle: float, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "_child", method, "--tfile", tfile or "", "--device", device]
-    cmd += paths
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    cmd = [sys.executable, __file__, "_child", method, "--settle", str(settle)]
+    cmd += ["--tfile", ck.tensorizer or "", "--device", ck.device, *ck.paths]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:]}
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
-
-
-def fio_bound(paths: list[str], drop: bool, bs: str = "4M", depth: int = 16) -> float:
-    """fio O_DIRECT sequential read (io_uring) over the shards, in GB/s."""
-    total_b, total_s = 0, 0.0
-    for p in paths:
-        if drop:
-            drop_caches()
-        r = subprocess.run(
-            [
-                "fio",
-                "--name=bound",
-                f"--filename={p}",
-                "--rw=read",
-                f"--bs={bs}",
-                "--direct=1",
-                "--ioengine=io_uring",
-                f"--iodepth={depth}",
-                "--output-format=json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        job = json.loads(r.stdout)["jobs"][0]["read"]
-        total_b += job["io_bytes"]
-        total_s += job["runtime"] / 1000
-    return total_b / total_s / 1e9
-
-
-def direct_ceiling(paths: list[str]) -> float:
-    """O_DIRECT reads of every shard into reused, prefaulted huge-page buffers (8 threads,
-    16 MiB): what the device delivers when no fresh memory has to be faulted in.
-
-    fio's buffers sit on 4 KiB pages; on a VM, huge-page buffers turn each request into a few
-    large DMA segments and can be several times faster, so this is the stricter bound.
-    """
-    import mmap
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    chunk, threads = 16 << 20, 8
-    local = threading.local()
-
-    def buf() -> mmap.mmap:
-        if not hasattr(local, "b"):
-            b = mmap.mmap(-1, chunk, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            b.madvise(mmap.MADV_HUGEPAGE)
-            b.madvise(23)  # MADV_POPULATE_WRITE
-            local.b = b
-        return local.b
-
-    fds = [os.open(p, os.O_RDONLY | os.O_DIRECT) for p in paths]
-    jobs = [(fd, off) for fd in fds for off in range(0, os.fstat(fd).st_size, chunk)]
-
-    def read(job: tuple[int, int]) -> int:
-        return os.preadv(job[0], [buf()], job[1])
-
-    with ThreadPoolExecutor(threads) as ex:
-        list(ex.map(lambda fd: buf(), range(threads)))  # buffers ready before the clock
-        t0 = time.perf_counter()
-        n = sum(ex.map(read, jobs))
-        dt = time.perf_counter() - t0
-    for fd in fds:
-        os.close(fd)
-    return n / dt / 1e9
 
 
 def make_checkpoint(out: Path, size_gb: float, shards: int) -> list[str]:
@@ -277,19 +226,36 @@ def machine() -> dict[str, str]:
     }
 
 
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("torch", "safetensors", "fastsafetensors", "runai-model-streamer", "tensorizer"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def _child_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("method", choices=list(METHODS))
+    p.add_argument("--tfile", default="")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--settle", type=float, default=0.0)
+    p.add_argument("paths", nargs="+")
+    a = p.parse_args(argv)
+    ck = Checkpoint(a.paths, a.tfile or None, a.device)
+    print(json.dumps(_child(a.method, ck, a.settle)))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        p = argparse.ArgumentParser()
-        p.add_argument("method")
-        p.add_argument("--tfile", default="")
-        p.add_argument("--device", default="cpu")
-        p.add_argument("paths", nargs="+")
-        a = p.parse_args(sys.argv[2:])
-        a.tfile = a.tfile or None
-        _child(a)
+        _child_main(sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--size-gb", type=float, default=4.0)
+    ap.add_argument("--size-gb", type=float, default=4.4)
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--disk-dir", default="/var/tmp/loader-bench")
@@ -298,10 +264,17 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         default=None,
-        help="comma list; 'loader:direct' etc. pin a backend (default: every peer that runs "
-        "on the device)",
+        help="comma list of peers (default: every peer that runs on the device); the bounds "
+        "always run",
     )
     ap.add_argument("--scenarios", default="disk-cold,disk-warm,tmpfs")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds each child waits before its clock starts (freed memory returns to the "
+        "host meanwhile)",
+    )
     ap.add_argument("--no-drop", action="store_true", help="never drop the page cache")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--out", default="bench-loader.json")
@@ -314,137 +287,171 @@ def main() -> None:
 
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {args.device}: this torch sees no CUDA device")
-    methods = (args.methods or ",".join(METHODS if device == "cpu" else CUDA_METHODS)).split(",")
+    peers = (args.methods or ",".join(PEERS if device == "cpu" else CUDA_PEERS)).split(",")
+    unknown = [m for m in peers if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    extra = EXTRA if device == "cpu" else CUDA_EXTRA
     scenarios = args.scenarios.split(",")
+    bad = [s for s in scenarios if s not in EXTRA]
+    if bad:
+        raise SystemExit(f"--scenarios: unknown scenario {bad[0]!r}; known: {', '.join(EXTRA)}")
     disk, shm = Path(args.disk_dir), Path(args.tmpfs_dir)
     drop = not args.no_drop
 
     log.info("generating %.1f GB in %d shards under %s", args.size_gb, args.shards, disk)
     disk_paths = make_checkpoint(disk, args.size_gb, args.shards)
-    tdisk = make_tensorizer(disk_paths, disk) if "tensorizer" in methods else None
-    shm_paths: list[str] = []
-    tshm = None
-    if "tmpfs" in scenarios:
-        shm.mkdir(parents=True, exist_ok=True)
-        for p in disk_paths:
-            shutil.copy(p, shm / Path(p).name)
-            shm_paths.append(str(shm / Path(p).name))
-        if tdisk:
-            tshm = str(shm / "model.tensors")
-            shutil.copy(tdisk, tshm)
+    tdisk = make_tensorizer(disk_paths, disk) if "tensorizer" in peers else None
+    on_disk = Checkpoint(disk_paths, tdisk, device)
     total = sum(os.path.getsize(p) for p in disk_paths)
 
     results: dict[str, Any] = {
         "machine": machine(),
+        "versions": versions(),
         "bytes": total,
         "files": len(disk_paths),
         "cold_dropped": drop,
+        "settle_s": args.settle,
         "device": device,
         "runs": {},
     }
     if device != "cpu":
+        import torch
+
         results["machine"]["gpu"] = torch.cuda.get_device_name(device)
-        results["machine"]["torch"] = torch.__version__
-    ceilings = []
-    for _ in range(args.repeat):
-        if drop:
-            drop_caches()
-        ceilings.append(direct_ceiling(disk_paths))
-    ceiling = statistics.median(ceilings)
-    results["odirect_thp_ceiling_gbps"] = ceiling
-    log.info("O_DIRECT into reused huge-page buffers: %.2f GB/s", ceiling)
-    if shutil.which("fio"):
-        log.info("fio bound...")
-        # The reference configuration (4 MiB, qd16) and a deeper one (16 MiB, qd16, the
-        # loader's request size); the bound is the faster, so ratios are never flattered.
-        fio_ref = statistics.median(fio_bound(disk_paths, drop) for _ in range(args.repeat))
-        fio_deep = statistics.median(
-            fio_bound(disk_paths, drop, "16M", 16) for _ in range(args.repeat)
-        )
-        bound = max(fio_ref, fio_deep)
-        results["fio_4m_qd16_gbps"] = fio_ref
-        results["fio_16m_qd16_gbps"] = fio_deep
-        log.info("fio O_DIRECT: 4M qd16 %.2f GB/s, 16M qd16 %.2f GB/s", fio_ref, fio_deep)
-    else:
-        # GPU images often lack fio: the in-process O_DIRECT ceiling is then the bound.
-        log.info("fio is not installed: the O_DIRECT ceiling is the bound")
-        bound = ceiling
-    results["fio_bound_gbps"] = bound
-    if device == "cpu":
-        results["runs"]["instanttensor"] = {"note": "not runnable on CPU: CUDA-only"}
-
-    for rep in range(args.repeat):
+    try:
+        # One scenario at a time, so the tmpfs copies (twice the model with tensorizer's)
+        # take no memory while the disk scenarios run.
         for scen in scenarios:
-            for m in methods:
-                paths = shm_paths if scen == "tmpfs" else disk_paths
-                tfile = tshm if scen == "tmpfs" else tdisk
-                if m == "tensorizer" and tfile is None:
-                    continue
-                if scen == "disk-cold" and drop:
-                    drop_caches()
-                elif scen == "disk-warm":
-                    run_child(m, paths, tfile, args.timeout, device)  # warm-up, not recorded
-                r = run_child(m, paths, tfile, args.timeout, device)
-                key = f"{scen}/{m}"
-                entry = results["runs"].setdefault(key, {"gbps": [], "errors": []})
-                if "error" in r:
-                    entry["errors"].append(r["error"])
-                    log.info("%-28s rep %d: error %s", key, rep, r["error"])
-                    continue
-                gbps = r["bytes"] / r["seconds"] / 1e9
-                entry["gbps"].append(gbps)
-                log.info("%-28s rep %d: %.2f GB/s", key, rep, gbps)
+            ck = to_tmpfs(on_disk, shm) if scen == "tmpfs" else on_disk
+            for rep in range(args.repeat):
+                order = peers + extra[scen]
+                # Rotate, so each method follows a different one in each repetition.
+                k = rep % len(order)
+                for m in order[k:] + order[:k]:
+                    if m == "tensorizer" and ck.tensorizer is None:
+                        continue
+                    if scen == "disk-cold" and drop:
+                        drop_caches()
+                    elif scen == "disk-warm":
+                        warm_cache(ck)
+                    record(results, scen, m, rep, run_child(m, ck, args.timeout, args.settle))
+            if scen == "tmpfs":
+                shutil.rmtree(shm, ignore_errors=True)
+    finally:
+        summarise(results)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        if not args.keep:
+            shutil.rmtree(disk, ignore_errors=True)
+            shutil.rmtree(shm, ignore_errors=True)
+    print_table(results, scenarios, peers, extra)
 
+
+def to_tmpfs(ck: Checkpoint, shm: Path) -> Checkpoint:
+    """A copy of the checkpoint's files under ``shm``."""
+    shm.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for p in [*ck.paths, *([ck.tensorizer] if ck.tensorizer else [])]:
+        shutil.copy(p, shm / Path(p).name)
+        paths.append(str(shm / Path(p).name))
+    tfile = paths.pop() if ck.tensorizer else None
+    return Checkpoint(paths, tfile, ck.device)
+
+
+def record(results: dict[str, Any], scen: str, m: str, rep: int, r: dict[str, Any]) -> None:
+    key = f"{scen}/{m}"
+    entry = results["runs"].setdefault(key, {"samples": [], "errors": []})
+    if "error" in r:
+        entry["errors"].append(r["error"])
+        log.info("%-30s rep %d: error %s", key, rep, r["error"])
+        return
+    r["gbps"] = r["bytes"] / r["seconds"] / 1e9
+    entry["samples"].append(r)
+    log.info(
+        "%-30s rep %d: %5.2f GB/s, +%.2f GiB RSS peak, %d minflt, user %.1f s sys %.1f s, "
+        "%d threads",
+        key,
+        rep,
+        r["gbps"],
+        (r["peak_rss_kib"] - r["rss_before_kib"]) / 2**20,
+        r["minflt"],
+        r["user_s"],
+        r["sys_s"],
+        r["threads"],
+    )
+
+
+def summarise(results: dict[str, Any]) -> None:
+    """Medians per cell, and each method's worst peak RSS added by the load."""
     for entry in results["runs"].values():
-        if entry.get("gbps"):
-            entry["median_gbps"] = statistics.median(entry["gbps"])
-            entry["ratio_to_bound"] = entry["median_gbps"] / bound
-            entry["ratio_to_ceiling"] = entry["median_gbps"] / ceiling
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print_table(results, scenarios, methods)
-    if not args.keep:
-        shutil.rmtree(disk, ignore_errors=True)
-        shutil.rmtree(shm, ignore_errors=True)
+        s = entry.get("samples")
+        if s:
+            entry["median_gbps"] = statistics.median(x["gbps"] for x in s)
+            entry["median_cpu_s"] = statistics.median(x["user_s"] + x["sys_s"] for x in s)
+            entry["peak_added_gib"] = max(
+                (x["peak_rss_kib"] - x["rss_before_kib"]) / 2**20 for x in s
+            )
 
 
-def print_table(results: dict[str, Any], scenarios: list[str], methods: list[str]) -> None:
+def print_table(
+    results: dict[str, Any], scenarios: list[str], peers: list[str], extra: dict[str, list[str]]
+) -> None:
     m = results["machine"]
-    gpu = f"; into {m['gpu']} (torch {m['torch']})" if "gpu" in m else "; into CPU memory"
+    where = f"into {m['gpu']}" if "gpu" in m else "into CPU memory"
     print(
         f"\n{m['date']}; {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, "
-        f"Linux {m['kernel']}; {results['bytes'] / 1e9:.2f} GB in {results['files']} files" + gpu
+        f"Linux {m['kernel']}; {results['bytes'] / 1e9:.2f} GB in {results['files']} files, "
+        f"{where}; cells: median GB/s (median CPU seconds, user + system; worst peak RSS "
+        "added, GiB)"
+        + ("" if results["cold_dropped"] else "  (page cache NOT dropped: cold is not cold)")
     )
-    cold = "" if results["cold_dropped"] else "  (page cache NOT dropped: cold is not cold)"
-    if "fio_4m_qd16_gbps" in results:
-        print(
-            f"fio O_DIRECT bound: {results['fio_bound_gbps']:.2f} GB/s (4M qd16 "
-            f"{results['fio_4m_qd16_gbps']:.2f}, 16M qd16 {results['fio_16m_qd16_gbps']:.2f})"
-            + cold
-        )
-    else:
-        print("no fio on this machine: the bound is the O_DIRECT ceiling below" + cold)
-    print(
-        f"O_DIRECT ceiling (reused huge-page buffers, 8 x 16 MiB): "
-        f"{results['odirect_thp_ceiling_gbps']:.2f} GB/s; cells: GB/s (vs fio bound, "
-        "vs ceiling)"
-    )
+    rows = peers + [x for s in scenarios for x in extra[s] if x not in peers]
+    rows = list(dict.fromkeys(rows))
     print("\n| method | " + " | ".join(scenarios) + " |")
-    print("|---|" + "---|" * len(scenarios))
-    for meth in methods:
+    print("|---|" + "---:|" * len(scenarios))
+    for meth in rows:
         cells = []
         for scen in scenarios:
             e = results["runs"].get(f"{scen}/{meth}", {})
             if "median_gbps" in e:
                 cells.append(
-                    f"{e['median_gbps']:.2f} ({e['ratio_to_bound']:.0%}, "
-                    f"{e['ratio_to_ceiling']:.0%})"
+                    f"{e['median_gbps']:.2f} ({e['median_cpu_s']:.1f} s; "
+                    f"+{e['peak_added_gib']:.2f})"
                 )
             else:
                 cells.append("error" if e.get("errors") else "-")
         print(f"| {meth} | " + " | ".join(cells) + " |")
-    if "instanttensor" not in methods:
-        cells = ["not runnable (CUDA-only)"] * len(scenarios)
-        print("| instanttensor | " + " | ".join(cells) + " |")
+    print()
+    for line in ratios(results, scenarios, peers):
+        print(line)
+
+
+def ratios(results: dict[str, Any], scenarios: list[str], peers: list[str]) -> list[str]:
+    """The loader against the best peer and against the fresh-memory bound, per scenario,
+    in GB/s and in CPU seconds (the steadier figure on a shared machine)."""
+    out = []
+    for scen in scenarios:
+        cell = {m: results["runs"].get(f"{scen}/{m}", {}) for m in [*peers, *EXTRA[scen]]}
+        mine = cell.get("loader", {})
+        others = [(m, e) for m, e in cell.items() if m in peers and m != "loader"]
+        others = [(m, e) for m, e in others if "median_gbps" in e]
+        if "median_gbps" not in mine or not others:
+            continue
+        best, e = max(others, key=lambda x: x[1]["median_gbps"])
+        thrift, c = min(others, key=lambda x: x[1]["median_cpu_s"])
+        line = (
+            f"{scen}: loader / best peer ({best}) {mine['median_gbps'] / e['median_gbps']:.2f}x "
+            f"in GB/s; CPU seconds, least-CPU peer ({thrift}) / loader "
+            f"{c['median_cpu_s'] / mine['median_cpu_s']:.2f}x"
+        )
+        # The fresh-memory bound of the scenario is the faster of its bounds.
+        bounds = [(m, cell[m]) for m in EXTRA[scen] if m.endswith("-fresh")]
+        bounds = [(m, b) for m, b in bounds if "median_gbps" in b]
+        if bounds:
+            bm, b = max(bounds, key=lambda x: x[1]["median_gbps"])
+            line += f"; loader / {bm} {mine['median_gbps'] / b['median_gbps']:.2f}x"
+        out.append(line)
+    return out
 
 
 if __name__ == "__main__":
