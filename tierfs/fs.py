@@ -91,10 +91,10 @@ class TierfsOperations(pyfuse3.Operations):
 
     async def _invalidate_changed(self) -> None:
         # The kernel caches names and attributes for long; tell it what a rescan found.
-        for parent, name, inode in self.namespace.take_removed_entries():
-            pyfuse3.invalidate_entry_async(
-                parent, os.fsencode(name), deleted=inode, ignore_enoent=True
-            )
+        for parent, name, _inode in self.namespace.take_removed_entries():
+            # A plain invalidation, not a delete notification: the kernel refuses the latter
+            # (ENOTEMPTY) for a directory whose children it still caches.
+            pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
         for node in self.namespace.take_changed_files():
             await self.placement.cold_changed(node)
             await self._drop_kernel_cache(node)

@@ -145,6 +145,10 @@ class Namespace:
         self._conflicts: dict[str, Conflict] = {}
         self._changed: list[Node] = []
         self._removed: list[tuple[int, str, int]] = []
+        # (st_dev, st_ino) of each store's root as last seen, and the stores now away.
+        self._root_ids: dict[str, tuple[int, int]] = {}
+        self._away: set[str] = set()
+        self._stores_away()
         # Bumped whenever a directory's entries change, so model detection knows to rescan.
         self.generation = 0
         first = stores[0]
@@ -310,7 +314,49 @@ class Namespace:
         newest = max((mtime for _, mtime in stamp), default=0)
         return directory.scanned_ns - newest < RACY_WINDOW_NS
 
+    def _stores_away(self) -> set[str]:
+        """The cold stores that went away since they were first seen.
+
+        A store is away when its root cannot be read, or when another, empty directory
+        stands there now: an NFS or BeeGFS mount that left, or something mounted over it.
+        That is an outage, not a store that was emptied, so rescans keep what they knew
+        and hot copies go on serving. A new root with entries (a store mounted after the
+        start) is taken as the store.
+        """
+        away: set[str] = set()
+        for store in self.stores:
+            try:
+                st = os.stat(store.root)
+            except OSError:
+                if store.name in self._root_ids:
+                    away.add(store.name)
+                continue
+            root_id = (st.st_dev, st.st_ino)
+            if self._root_ids.setdefault(store.name, root_id) != root_id:
+                try:
+                    with os.scandir(store.root) as it:
+                        empty = next(it, None) is None
+                except OSError:
+                    empty = True
+                if empty:
+                    away.add(store.name)
+                else:
+                    self._root_ids[store.name] = root_id
+        for name in sorted(away - self._away):
+            log.warning(
+                "cold store %r went away (its root is unreadable or another, empty directory);"
+                " its files stay listed and hot copies keep serving until it is back",
+                name,
+            )
+        for name in sorted(self._away - away):
+            log.info("cold store %r is back", name)
+        self._away = away
+        return away
+
     def _scan(self, directory: Node) -> None:
+        if directory.children is not None and self._stores_away():
+            # Keep the listing (and the stale stamp, so the scan is tried again later).
+            return
         directory.scanned_ns = time.time_ns()
         entries: dict[str, tuple[ColdStore, Path, os.stat_result]] = {}
         providers: dict[str, list[str]] = {}
