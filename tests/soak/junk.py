@@ -42,13 +42,17 @@ API_PATHS = [
 JUNK_VALUES = ['"x"', "-1", "1e999", "[1, 2]", "{a = 1}", "true", '"200Q"', '""', "nan", "0"]
 
 
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
+
+
 @dataclass
 class HttpTarget:
     """An HTTP API to throw junk at.
 
-    Each round gets a fresh client: a connection left idle between rounds can be closed by
-    the server (keep-alive timeout) just as a request goes out on it, which says nothing
-    about how junk is handled.
+    Every request gets a fresh connection: one left idle, even between two examples on a
+    loaded machine, can be closed by the server (keep-alive timeout) just as a request goes
+    out on it, which says nothing about how junk is handled. On a fresh connection, a reset
+    is the server's doing.
     """
 
     name: str
@@ -58,7 +62,7 @@ class HttpTarget:
     @classmethod
     def unix(cls, name: str, socket: Path, models: list[str]) -> HttpTarget:
         def connect() -> httpx.Client:
-            transport = httpx.HTTPTransport(uds=str(socket))
+            transport = httpx.HTTPTransport(uds=str(socket), limits=NO_KEEPALIVE)
             return httpx.Client(transport=transport, base_url="http://tierfs", timeout=20)
 
         return cls(name, connect, models)
@@ -67,7 +71,11 @@ class HttpTarget:
     def tcp(cls, name: str, base_url: str, token: str | None, models: list[str]) -> HttpTarget:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return cls(
-            name, lambda: httpx.Client(base_url=base_url, headers=headers, timeout=20), models
+            name,
+            lambda: httpx.Client(
+                base_url=base_url, headers=headers, timeout=20, limits=NO_KEEPALIVE
+            ),
+            models,
         )
 
 
@@ -126,10 +134,12 @@ def http_round(target: HttpTarget, examples: int) -> tuple[int, list[str]]:
         except httpx.TimeoutException:
             failures.append(f"{what}: no answer within the timeout (a hang)")
             return
-        except (httpx.TransportError, httpx.InvalidURL, UnicodeError) as exc:
-            if isinstance(exc, httpx.TransportError) and "connect" in str(exc).lower():
-                raise  # the daemon is gone: the caller decides whether that was expected
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError):
             return  # the client refused to send it; nothing reached the daemon
+        except UnicodeError:
+            return  # likewise, for a path or header the client cannot encode
+        # Any other transport error (refused, reset, cut short) goes to the caller, which
+        # knows whether the daemon was down at the time.
         if response.status_code >= 500:
             failures.append(f"{what}: HTTP {response.status_code} {response.text[:200]!r}")
         elif response.status_code >= 400 and path.startswith("/api/"):
