@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+import tierfs.config as config_module
 from tierfs.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +35,12 @@ def k8s_docs() -> dict[tuple[str, str], dict[str, Any]]:
         for doc in yaml.safe_load_all(path.read_text()):
             docs[(doc["kind"], doc["metadata"]["name"])] = doc
     return docs
+
+
+@pytest.fixture(autouse=True)
+def inference_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployment configs size their RAM tiers for an inference node, not this VM."""
+    monkeypatch.setattr(config_module, "physical_memory", lambda: 1 << 40)
 
 
 def valid_config(text: str, tmp_path: Path) -> dict[str, Any]:
