@@ -91,7 +91,7 @@ class TierfsOperations(pyfuse3.Operations):
 
     async def _invalidate_changed(self) -> None:
         # The kernel caches names and attributes for long; tell it what a rescan found.
-        for parent, name, _inode in self.namespace.take_removed_entries():
+        for parent, name in self.namespace.take_removed_entries():
             # A plain invalidation, not a delete notification: the kernel refuses the latter
             # (ENOTEMPTY) for a directory whose children it still caches.
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)

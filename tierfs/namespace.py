@@ -144,7 +144,7 @@ class Namespace:
         self._next_inode = ROOT_INODE + 1
         self._conflicts: dict[str, Conflict] = {}
         self._changed: list[Node] = []
-        self._removed: list[tuple[int, str, int]] = []
+        self._removed: list[tuple[int, str]] = []
         # (st_dev, st_ino) of each store's root as last seen, and the stores now away.
         self._root_ids: dict[str, tuple[int, int]] = {}
         self._away: set[str] = set()
@@ -251,8 +251,8 @@ class Namespace:
             changed, self._changed = self._changed, []
         return changed
 
-    def take_removed_entries(self) -> list[tuple[int, str, int]]:
-        """(parent inode, name, inode) of entries that left their directory."""
+    def take_removed_entries(self) -> list[tuple[int, str]]:
+        """(parent inode, name) of entries that left their directory."""
         with self._lock:
             removed, self._removed = self._removed, []
         return removed
@@ -403,7 +403,7 @@ class Namespace:
             self.generation += 1
             for name, inode in directory.children.items():
                 if children.get(name) != inode:
-                    self._removed.append((directory.inode, name, inode))
+                    self._removed.append((directory.inode, name))
         directory.children = children
         directory.stamp = tuple(stamp)
 

@@ -47,7 +47,7 @@ def test_a_store_hidden_under_an_empty_mount_keeps_its_files(store: Path, tmp_pa
     ns.refresh()
     assert names(ns, "m") == {"a.bin", "c.bin"}
     assert ns.resolve("m/a.bin").inode == a.inode
-    assert [name for _, name, _ in ns.take_removed_entries()] == ["b.bin"]
+    assert [name for _, name in ns.take_removed_entries()] == ["b.bin"]
 
 
 def test_a_store_mounted_after_the_start_is_taken_as_the_store(store: Path, tmp_path: Path) -> None:
