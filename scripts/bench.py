@@ -33,7 +33,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 sys.path.insert(0, str(REPO))
 
 from tierfs.config import parse_size  # noqa: E402
-from tierfs.daemon import SERVING, is_tierfs, lazy_unmount, mount_entry  # noqa: E402
+from tierfs.daemon.service import SERVING, is_tierfs, lazy_unmount, mount_entry  # noqa: E402
 
 GB = 1e9
 
@@ -397,7 +397,7 @@ def direct_huge_bound(path: Path, chunk: int = 16 << 20, depth: int = 8) -> floa
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tierfs.iobuf import io_buffer
+    from tierfs.storage.iobuf import io_buffer
 
     drop_caches()
     size = path.stat().st_size
@@ -432,7 +432,7 @@ class TieredMount(TierfsMount):
             )
 
     def client(self) -> Any:
-        from tierfs.client import ControlClient
+        from tierfs.control.client import ControlClient
 
         return ControlClient(self.mountpoint.parent / "state" / "control.sock")
 

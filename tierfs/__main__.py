@@ -1,3 +1,3 @@
-from tierfs.cli import main
+from tierfs.control.cli import main
 
 main()

@@ -351,7 +351,7 @@ def demo_config(base: Path) -> Config:
     """The built-in config of the demo: everything lives under `base`.
 
     Args:
-        base: the demo directory, holding ``cold/`` (built by `tierfs.demo`).
+        base: the demo directory, holding ``cold/`` (built by `tierfs.ops.demo`).
     """
     base = base.resolve()
     return config_from_dict(

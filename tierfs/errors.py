@@ -1,7 +1,7 @@
 """Named errors of tierfs.
 
 Every error carries the path it concerns and an errno, so that the FUSE boundary
-(`tierfs.fs`) can turn it into `FUSEError(errno)` and the CLI can print one clear line.
+(`tierfs.fuse.operations`) can turn it into `FUSEError(errno)` and the CLI can print one clear line.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tierfs.daemon import SERVING, is_tierfs, lazy_unmount, mount_entry
+from tierfs.daemon.service import SERVING, is_tierfs, lazy_unmount, mount_entry
 
 MOUNT_TIMEOUT_S = 30.0
 # The read mode every test mount gets unless a test names one: `[read] passthrough` as
@@ -238,7 +238,7 @@ def cold_store(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_cold(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo cold store (HF dir, hub cache, Ollama store, GGUF), built once."""
-    from tierfs.demo import build_demo_store
+    from tierfs.ops.demo import build_demo_store
 
     root = tmp_path_factory.mktemp("demo") / "cold"
     build_demo_store(root)

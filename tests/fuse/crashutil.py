@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.fuse import tierutil as tu
 from tests.fuse.conftest import Mount, file_hash, wait_until, xxh
 from tests.fuse.conftest import run_cli as cli
-from tierfs.client import ControlClient
+from tierfs.control.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from tests.fuse.conftest import Mount, file_hash
-from tierfs.demo import HF_SHARDS, HUB_REPO_DIR, HUB_REPO_ID
+from tierfs.ops.demo import HF_SHARDS, HUB_REPO_DIR, HUB_REPO_ID
 
 LLAMA_PYTHON = os.environ.get("TIERFS_LLAMA_PYTHON", sys.executable)
 SAFETENSORS_FILES = (*(f"hf/tiny-llama/{s}" for s in HF_SHARDS), "misc/embeddings.safetensors")

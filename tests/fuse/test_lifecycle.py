@@ -22,7 +22,7 @@ import pytest
 import xxhash
 
 from tests.fuse.conftest import Mount, MountFactory, file_hash, wait_until, write_config
-from tierfs.daemon import is_tierfs, lazy_unmount
+from tierfs.daemon.service import is_tierfs, lazy_unmount
 from tierfs.mountinfo import MountEntry, mount_entry, read_mounts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -192,7 +192,7 @@ def test_kill9_leaves_stale_mount_that_next_mount_recovers(
     m.start()
     assert m.process is not None
     wait_until(
-        lambda: m.process.poll() is not None or "tierfs.daemon: mounted " in new_log(),
+        lambda: m.process.poll() is not None or "tierfs.daemon.service: mounted " in new_log(),
         30,
         "the new daemon to mount or exit",
     )

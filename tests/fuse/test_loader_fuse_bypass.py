@@ -193,7 +193,7 @@ def test_repo_id_in_a_hub_cache_on_tierfs_loads_around_fuse(
     from safetensors.torch import load_file
 
     from loader.engines import checkpoint_paths, iter_weights
-    from tierfs.demo import HUB_REPO_ID
+    from tierfs.ops.demo import HUB_REPO_ID
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(demo_mount.mountpoint / "hub"))
     paths = checkpoint_paths(HUB_REPO_ID)

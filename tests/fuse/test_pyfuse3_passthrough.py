@@ -15,7 +15,7 @@ import pytest
 
 from tests.fuse.conftest import REPO_ROOT, xxh
 from tests.fuse.passthrough_fs import READY
-from tierfs.daemon import lazy_unmount, mount_entry
+from tierfs.daemon.service import lazy_unmount, mount_entry
 
 SIZE = (8 << 20) + 12345
 

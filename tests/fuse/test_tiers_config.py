@@ -16,9 +16,9 @@ import pytest
 from tests.fuse import tierutil as tu
 from tests.fuse.conftest import Mount, MountFactory
 from tierfs.config import config_from_dict
-from tierfs.daemon import Daemon
+from tierfs.daemon.service import Daemon
+from tierfs.daemon.statedir import StateDir
 from tierfs.errors import NamespaceError
-from tierfs.statedir import StateDir
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard

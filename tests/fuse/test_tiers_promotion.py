@@ -20,7 +20,7 @@ import pytest
 
 from tests.fuse import tierutil as tu
 from tests.fuse.conftest import Mount, MountFactory
-from tierfs.models import scan_directory
+from tierfs.namespace.models import scan_directory
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard

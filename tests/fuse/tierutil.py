@@ -21,7 +21,7 @@ import pytest
 
 from tests.fuse.conftest import file_hash, xxh
 from tests.fuse.conftest import run_cli as cli
-from tierfs.client import ControlClient
+from tierfs.control.client import ControlClient
 from tierfs.mountinfo import read_mounts
 
 REPO = Path(__file__).resolve().parents[2]

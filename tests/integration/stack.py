@@ -16,20 +16,20 @@ from typing import Any, cast
 
 import trio
 
-from tierfs.catalog import Catalog
 from tierfs.config import Config, config_from_dict
-from tierfs.daemon import Daemon, DaemonControl
-from tierfs.fs import TierfsOperations
-from tierfs.mover import Mover
-from tierfs.namespace import ColdStore, Namespace
-from tierfs.placement import Placement
-from tierfs.readpath import PushFn, ReadPath
-from tierfs.tiers import HOT_DIR, TMP_DIR, Tier
+from tierfs.daemon.service import Daemon, DaemonControl
+from tierfs.fuse.operations import TierfsOperations
+from tierfs.fuse.readpath import PushFn, ReadPath
+from tierfs.namespace.merge import ColdStore, Namespace
+from tierfs.storage.catalog import Catalog
+from tierfs.storage.mover import Mover
+from tierfs.storage.placement import Placement
+from tierfs.storage.tiers import HOT_DIR, TMP_DIR, Tier
 
 
 @dataclass
 class Stack:
-    """The parts of one mount, as `tierfs.daemon.Daemon` wires them (and names them, so
+    """The parts of one mount, as `tierfs.daemon.service.Daemon` wires them (and names them, so
     that `DaemonControl` can drive a stack as it drives a daemon)."""
 
     config: Config

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tierfs.catalog import SCHEMA_VERSION, AccessDelta, Catalog, ReplicaState
 from tierfs.errors import CatalogError
-from tierfs.identity import FileIdentity
+from tierfs.namespace.identity import FileIdentity
+from tierfs.storage.catalog import SCHEMA_VERSION, AccessDelta, Catalog, ReplicaState
 
 
 def ident(size: int, mtime_ns: int, ino: int = 7) -> FileIdentity:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tierfs.demo import DemoStore, build_demo_store
+from tierfs.ops.demo import DemoStore, build_demo_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -492,7 +492,7 @@ def test_status_over_empty_store_says_no_models(tmp_path: Path, cold: Path) -> N
 def test_cli_start_up_imports_neither_pydantic_nor_an_http_library() -> None:
     # `tierfs --version` and every command pay for what the CLI imports before it runs.
     probe = (
-        "import sys; import tierfs.cli, tierfs.client; "
+        "import sys; import tierfs.control.cli, tierfs.control.client; "
         "print(sorted(m for m in ('pydantic', 'httpx', 'rich.table') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tierfs import copier
-from tierfs.copier import CopyCancelled, CopyError, CopyVerifyError, copy_file, hash_file
+from tierfs.storage import copier
+from tierfs.storage.copier import CopyCancelled, CopyError, CopyVerifyError, copy_file, hash_file
 
 SIZES = [0, 1, 4095, 4096, 4097, (1 << 20) + 3, 3 * (1 << 20)]
 

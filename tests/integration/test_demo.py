@@ -19,7 +19,9 @@ from huggingface_hub import hf_hub_download, scan_cache_dir
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from tierfs.demo import (
+from tierfs.errors import TierfsError
+from tierfs.namespace.models import ModelKind, find_model, models_by_file, scan_directory
+from tierfs.ops.demo import (
     DEMO_VERSION,
     HUB_REPO_DIR,
     MARKER,
@@ -31,8 +33,6 @@ from tierfs.demo import (
     llama_state_dict,
     spm_vocab,
 )
-from tierfs.errors import TierfsError
-from tierfs.models import ModelKind, find_model, models_by_file, scan_directory
 
 
 @pytest.fixture(scope="module")

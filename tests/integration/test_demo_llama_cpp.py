@@ -20,7 +20,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from tierfs.demo import build_demo_store
+from tierfs.ops.demo import build_demo_store
 
 pytestmark = pytest.mark.slow
 

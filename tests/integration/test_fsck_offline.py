@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tierfs.catalog import Catalog
 from tierfs.config import TierConfig
-from tierfs.copier import copy_file
-from tierfs.fsck import COLD_GONE, check
-from tierfs.identity import FileIdentity
-from tierfs.tiers import Tier
+from tierfs.namespace.identity import FileIdentity
+from tierfs.ops.fsck import COLD_GONE, check
+from tierfs.storage.catalog import Catalog
+from tierfs.storage.copier import copy_file
+from tierfs.storage.tiers import Tier
 
 
 def make_tier(root: Path) -> Tier:

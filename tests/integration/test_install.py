@@ -14,7 +14,7 @@ import pytest
 import xxhash
 
 from tierfs.config import load_config, parse_size
-from tierfs.install import build_config, check_tier_memory
+from tierfs.ops.install import build_config, check_tier_memory
 
 REPO = Path(__file__).resolve().parents[2]
 TIERFS = Path(sys.executable).with_name("tierfs")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tierfs.models import ModelKind, scan_directory
+from tierfs.namespace.models import ModelKind, scan_directory
 
 REV = "c" * 40
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.fuse.tierutil import bind_over
 from tierfs.errors import NamespaceError
-from tierfs.namespace import ROOT_INODE, ColdStore, Namespace
+from tierfs.namespace.merge import ROOT_INODE, ColdStore, Namespace
 
 
 def names(ns: Namespace, relpath: str) -> set[str]:

@@ -16,8 +16,8 @@ import trio.testing
 import xxhash
 
 from tests.integration.stack import Stack, running_stack, stack_config
-from tierfs.catalog import ReplicaState
-from tierfs.readpath import Backing, OpenFile
+from tierfs.fuse.readpath import Backing, OpenFile
+from tierfs.storage.catalog import ReplicaState
 
 MiB = 1 << 20
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from tests.fuse.conftest import Mount, file_hash, write_config, xxh
 from tests.fuse.tierutil import mounts_under, unmount_all_under
-from tierfs.client import ControlClient
+from tierfs.control.client import ControlClient
 
 MiB = 1 << 20
 # Lone GGUF files and one HF directory: about 56 MiB in all, more than the tiers hold

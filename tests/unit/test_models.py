@@ -1,4 +1,4 @@
-"""Unit tests for tierfs.models, on a pyfakefs tree (and an in-memory TreeView)."""
+"""Unit tests for tierfs.namespace.models, on a pyfakefs tree (and an in-memory TreeView)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tierfs.errors import TierfsError
-from tierfs.models import (
+from tierfs.namespace.models import (
     MAX_JSON_BYTES,
     AmbiguousModelError,
     DirectoryTreeView,

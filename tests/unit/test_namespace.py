@@ -10,8 +10,8 @@ import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tierfs.errors import NamespaceError
-from tierfs.models import EntryKind
-from tierfs.namespace import ROOT_INODE, ColdStore, Kind, Namespace, NamespaceTreeView
+from tierfs.namespace.merge import ROOT_INODE, ColdStore, Kind, Namespace, NamespaceTreeView
+from tierfs.namespace.models import EntryKind
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyfuse3
 import pytest
 
-from tierfs import passthrough
-from tierfs.passthrough import ReadMode, mode_after_init, mode_before_mount
+from tierfs.fuse import passthrough
+from tierfs.fuse.passthrough import ReadMode, mode_after_init, mode_before_mount
 
 
 @pytest.fixture

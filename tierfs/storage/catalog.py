@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from tierfs.errors import CatalogError
-from tierfs.identity import FileIdentity
+from tierfs.namespace.identity import FileIdentity
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Catalog:
                 return
             found = int(row[0])
             if found == 1:
-                # Version 2 widened a file's identity (see tierfs.identity). Old rows get
+                # Version 2 widened a file's identity (see tierfs.namespace.identity). Old rows get
                 # zeros, which match no file: their hot copies are dropped and made again.
                 for column in ("ctime_ns", "ino", "dev"):
                     db.execute(f"ALTER TABLE files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")

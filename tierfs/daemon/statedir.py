@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from tierfs.errors import StateDirError
-from tierfs.trust import PRIVATE_MODE, untrusted_entry
+from tierfs.storage.trust import PRIVATE_MODE, untrusted_entry
 
 LOCK_NAME = "lock"
 

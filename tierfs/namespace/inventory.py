@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tierfs.config import Config
-from tierfs.models import Model, ModelProblem, scan_models
-from tierfs.namespace import ColdStore, Conflict, Namespace, NamespaceTreeView
+from tierfs.namespace.merge import ColdStore, Conflict, Namespace, NamespaceTreeView
+from tierfs.namespace.models import Model, ModelProblem, scan_models
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ import trio
 
 from tierfs import xattrs
 from tierfs.errors import TierfsError
-from tierfs.namespace import ROOT_INODE, Kind, Namespace, Node
-from tierfs.passthrough import ReadMode, ReadModeInfo
-from tierfs.placement import Placement
-from tierfs.readpath import ReadPath
+from tierfs.fuse.passthrough import ReadMode, ReadModeInfo
+from tierfs.fuse.readpath import ReadPath
+from tierfs.namespace.merge import ROOT_INODE, Kind, Namespace, Node
+from tierfs.storage.placement import Placement
 
 log = logging.getLogger(__name__)
 

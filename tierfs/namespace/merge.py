@@ -28,8 +28,8 @@ from enum import Enum
 from pathlib import Path
 
 from tierfs.errors import NamespaceError
-from tierfs.identity import FileIdentity
-from tierfs.models import EntryKind
+from tierfs.namespace.identity import FileIdentity
+from tierfs.namespace.models import EntryKind
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +493,7 @@ def _kind(mode: int) -> Kind | None:
 
 
 class NamespaceTreeView:
-    """The merged namespace seen through `tierfs.models.TreeView`, for model detection.
+    """The merged namespace seen through `tierfs.namespace.models.TreeView`, for model detection.
 
     Errors surface as ``OSError``, as the protocol asks.
     """

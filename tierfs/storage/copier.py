@@ -24,8 +24,8 @@ from pathlib import Path
 import xxhash
 
 from tierfs.errors import TierfsError
-from tierfs.iobuf import io_buffer
-from tierfs.tiers import unlink_quietly
+from tierfs.storage.iobuf import io_buffer
+from tierfs.storage.tiers import unlink_quietly
 
 ALIGN = 4096
 DEFAULT_CHUNK = 8 << 20

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from tierfs.errors import TierfsError
-from tierfs.models import hub_model_name, ollama_model_name
+from tierfs.namespace.models import hub_model_name, ollama_model_name
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ class DemoStore:
 
     Attributes:
         files: every regular file and symlink the demo owns, sorted.
-        model_names: the names :func:`tierfs.models.scan_models` gives the five units, sorted.
+        model_names: the names `tierfs.namespace.models.scan_models` gives the five units,
+            sorted.
     """
 
     root: Path

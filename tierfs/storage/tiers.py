@@ -20,7 +20,7 @@ from pathlib import Path
 from tierfs.config import TierConfig, format_size
 from tierfs.errors import TierError
 from tierfs.mountinfo import MountEntry, containing_mount
-from tierfs.trust import PRIVATE_MODE, untrusted_entry
+from tierfs.storage.trust import PRIVATE_MODE, untrusted_entry
 
 log = logging.getLogger(__name__)
 

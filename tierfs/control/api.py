@@ -37,8 +37,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tierfs.control.httpserve import serve_unix
 from tierfs.errors import ControlError, TierfsError
-from tierfs.httpserve import serve_unix
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ async def serve_control(
 ) -> None:
     """Serve the control API on a unix socket until cancelled.
 
-    No request, however broken, may end the daemon: see `tierfs.httpserve`.
+    No request, however broken, may end the daemon: see `tierfs.control.httpserve`.
     """
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(socket_path.parent, 0o700)

@@ -18,7 +18,7 @@ The kernel's rules shape this module:
   no writeback cache; a backing file on a stacked file system (another passthrough FUSE
   mount) is refused with ELOOP.
 
-Where passthrough cannot be used the daemon serves reads itself (`tierfs.readpath`),
+Where passthrough cannot be used the daemon serves reads itself (`tierfs.fuse.readpath`),
 and the reason is logged once.
 """
 
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 if TYPE_CHECKING:
-    from tierfs.readpath import Backing
+    from tierfs.fuse.readpath import Backing
 
 log = logging.getLogger(__name__)
 

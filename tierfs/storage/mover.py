@@ -1,9 +1,9 @@
 """The mover: promotes models into RAM tiers and demotes them, by command or by policy.
 
-The unit is a model (see `tierfs.models`). Promoting it copies each of its files that is
+The unit is a model (see `tierfs.namespace.models`). Promoting it copies each of its files that is
 not hot yet; making room demotes the least recently used unpinned models down to the low
 watermark. Every change goes through the catalog first, so a crash leaves states that
-`tierfs.fsck` resolves: only replicas the catalog calls ``hot`` are ever served.
+`tierfs.ops.fsck` resolves: only replicas the catalog calls ``hot`` are ever served.
 
 Readers are never blocked: new opens keep going to cold until a file's copy is complete,
 and handles already open keep the copy they were opened on.
@@ -23,18 +23,18 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 
-from tierfs.catalog import Catalog, FileRecord, Replica, ReplicaState
 from tierfs.config import Config, format_size
-from tierfs.copier import CopyCancelled, CopyError, copy_file
 from tierfs.errors import TierError, TierfsError
-from tierfs.faults import pause_point
-from tierfs.inventory import Inventory, take_inventory
-from tierfs.models import Model, find_model, models_by_file
-from tierfs.namespace import Kind, Namespace, Node
-from tierfs.placement import Placement
-from tierfs.readpath import Backing
+from tierfs.fuse.readpath import Backing
+from tierfs.namespace.inventory import Inventory, take_inventory
+from tierfs.namespace.merge import Kind, Namespace, Node
+from tierfs.namespace.models import Model, find_model, models_by_file
+from tierfs.ops.faults import pause_point
 from tierfs.states import JobState
-from tierfs.tiers import Tier, unlink_quietly
+from tierfs.storage.catalog import Catalog, FileRecord, Replica, ReplicaState
+from tierfs.storage.copier import CopyCancelled, CopyError, copy_file
+from tierfs.storage.placement import Placement
+from tierfs.storage.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tierfs.catalog import Catalog, ReplicaState
 from tierfs.config import Config
 from tierfs.errors import TierfsError
-from tierfs.inventory import Inventory, take_inventory
-from tierfs.namespace import Kind, Namespace
+from tierfs.namespace.inventory import Inventory, take_inventory
+from tierfs.namespace.merge import Kind, Namespace
 from tierfs.states import JobState, ModelState
+from tierfs.storage.catalog import Catalog, ReplicaState
 
 
 def tier_rows(config: Config, usage: dict[str, int]) -> list[dict[str, Any]]:
@@ -150,7 +150,7 @@ def offline_report(config: Config) -> dict[str, Any]:
     Raises:
         CatalogError: the catalog is unusable.
     """
-    from tierfs.inventory import namespace_for
+    from tierfs.namespace.inventory import namespace_for
 
     namespace = namespace_for(config)
     inventory = take_inventory(namespace)

@@ -1,6 +1,6 @@
 """The read path: open handles on backing copies, reads, and optional page-cache prefetch.
 
-Where FUSE passthrough works (`tierfs.passthrough`), an open only registers its backing
+Where FUSE passthrough works (`tierfs.fuse.passthrough`), an open only registers its backing
 copy with the kernel, which then serves reads and mmap itself; none of the rest of this
 module is involved. What follows is the daemon-served path, for the files and machines
 where passthrough cannot be used.
@@ -35,8 +35,8 @@ import trio
 
 from tierfs.config import ReadConfig
 from tierfs.errors import BackingIOError
-from tierfs.faults import pause_point
-from tierfs.passthrough import BackingRegistry
+from tierfs.fuse.passthrough import BackingRegistry
+from tierfs.ops.faults import pause_point
 
 log = logging.getLogger(__name__)
 

@@ -21,22 +21,22 @@ from typing import Any
 import pyfuse3
 import trio
 
-from tierfs.catalog import Catalog
 from tierfs.config import Config
-from tierfs.control import serve_control
+from tierfs.control.api import serve_control
+from tierfs.control.status import build_report
+from tierfs.daemon.statedir import StateDir
 from tierfs.errors import MountError
-from tierfs.faults import pause_point
-from tierfs.fs import TierfsOperations
-from tierfs.fsck import FsckReport, check
+from tierfs.fuse.operations import TierfsOperations
+from tierfs.fuse.passthrough import BackingRegistry, ReadMode, mode_after_init, mode_before_mount
+from tierfs.fuse.readpath import ReadPath
 from tierfs.mountinfo import MountEntry, mount_entry
-from tierfs.mover import Mover
-from tierfs.namespace import ColdStore, Namespace
-from tierfs.passthrough import BackingRegistry, ReadMode, mode_after_init, mode_before_mount
-from tierfs.placement import Placement
-from tierfs.readpath import ReadPath
-from tierfs.statedir import StateDir
-from tierfs.status import build_report
-from tierfs.tiers import prepare_tiers, release_fresh_tiers
+from tierfs.namespace.merge import ColdStore, Namespace
+from tierfs.ops.faults import pause_point
+from tierfs.ops.fsck import FsckReport, check
+from tierfs.storage.catalog import Catalog
+from tierfs.storage.mover import Mover
+from tierfs.storage.placement import Placement
+from tierfs.storage.tiers import prepare_tiers, release_fresh_tiers
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ def spawn_daemon(config_path: Path, config: Config, log_file: Path, timeout: flo
 
 
 class DaemonControl:
-    """The control API's view of a running daemon (see `tierfs.control`)."""
+    """The control API's view of a running daemon (see `tierfs.control.api`)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon

@@ -8,7 +8,7 @@ The rules follow from the replica states:
   removed and the claim dropped. Temp files are removed.
 - ``evicting``: the demotion did not finish; it is completed.
 - ``hot``: adopted again when the file is there with the right size and its cold source
-  still has the recorded identity (`tierfs.identity`); otherwise dropped. ``deep``
+  still has the recorded identity (`tierfs.namespace.identity`); otherwise dropped. ``deep``
   re-hashes it and the cold file as it is now, and a copy whose hash differs from either
   is replaced by a fresh verified copy.
 - Files on a tier that the catalog does not know are removed: nothing vouches for them.
@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tierfs.catalog import Catalog, FileRecord, Replica, ReplicaState
-from tierfs.copier import CopyError, copy_file, hash_file
-from tierfs.identity import FileIdentity
-from tierfs.tiers import Tier, unlink_quietly
+from tierfs.namespace.identity import FileIdentity
+from tierfs.storage.catalog import Catalog, FileRecord, Replica, ReplicaState
+from tierfs.storage.copier import CopyError, copy_file, hash_file
+from tierfs.storage.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import trio
 
-from tierfs.catalog import AccessDelta, Catalog, FileRecord, ReplicaState
 from tierfs.errors import BackingIOError
-from tierfs.namespace import Node
-from tierfs.readpath import Backing, OpenFile, ReadPath
+from tierfs.fuse.readpath import Backing, OpenFile, ReadPath
+from tierfs.namespace.merge import Node
+from tierfs.storage.catalog import AccessDelta, Catalog, FileRecord, ReplicaState
 
 log = logging.getLogger(__name__)
 
