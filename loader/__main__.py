@@ -21,10 +21,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from loader.arguments import expand_paths
 from loader.backends import available_backends
-from loader.errors import BackendUnavailableError, LoaderError
+from loader.errors import BackendUnavailableError
 from loader.format import describe, read_header
-from loader.session import expand_paths, safe_open
+from loader.session import safe_open
+from tierfs.errors import TierfsError
 
 
 def _inspect(args: argparse.Namespace, console: Console) -> int:
@@ -85,7 +87,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             except BackendUnavailableError as e:
                 table.add_row(name, str(not args.no_copy), "-", "-", e.message)
                 break
-            except LoaderError as e:
+            except TierfsError as e:
                 table.add_row(name, str(not args.no_copy), "-", "-", f"error: {e}")
                 break
             table.add_row(
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "inspect":
             return _inspect(args, console)
         return _bench(args, console)
-    except LoaderError as e:
+    except TierfsError as e:
         console.print(f"[red]error:[/] {e}")
         return 2
 

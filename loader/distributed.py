@@ -53,7 +53,7 @@ def make_context(process_group: Any) -> DistContext | None:
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
-        raise ConfigError(None, "process_group was given but torch.distributed is not initialised")
+        raise ConfigError("given, but torch.distributed is not initialised", key="process_group")
     group = None if process_group is True else process_group
     world = dist.get_world_size(group)
     if world <= 1:

@@ -1,42 +1,74 @@
-"""Named error classes of the loader; every one carries the path it is about."""
+"""Named error classes of the loader, in tierfs's one hierarchy.
+
+Every loader error is a `tierfs.errors.TierfsError` (message first, ``path=`` and ``errno=``
+keywords), so one ``except TierfsError`` covers the filesystem and the loader. A bad
+argument or environment setting raises tierfs's own `ConfigError`, re-exported here.
+"""
 
 from __future__ import annotations
 
+import errno as _errno
 
-class LoaderError(Exception):
-    """Base class of every error the loader raises."""
+from tierfs.errors import ConfigError, TierfsError
 
-    def __init__(self, path: str | None, message: str) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+__all__ = [
+    "BackendUnavailableError",
+    "CheckpointError",
+    "ConfigError",
+    "IntegrityError",
+    "LoaderError",
+    "LoaderIOError",
+    "SafetensorsFormatError",
+    "UnknownBackendError",
+]
+
+
+class LoaderError(TierfsError):
+    """Base of every loader error but `ConfigError`; prints as ``path: message``."""
+
+    @property
+    def message(self) -> str:
+        """The message without the path."""
+        return str(self.args[0])
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class SafetensorsFormatError(LoaderError, ValueError):
-    """A file is not a valid safetensors file; the message names the file and the problem."""
+    """A file is not a valid safetensors file; the message names the problem."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path, errno=_errno.EINVAL)
 
 
-class LoaderIOError(LoaderError, OSError):
-    """Reading a file failed; carries the errno of the failed call."""
+# OSError types errno as optional, TierfsError as int; every LoaderIOError carries one.
+class LoaderIOError(LoaderError, OSError):  # type: ignore[misc]
+    """Reading a file failed; carries the errno of the failed call (EIO when unknown)."""
 
-    def __init__(self, path: str | None, message: str, errno_: int | None = None) -> None:
-        super().__init__(path, message)
-        self.errno = errno_
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None) -> None:
+        super().__init__(message, path=path, errno=_errno.EIO if errno is None else errno)
 
 
 class UnknownBackendError(LoaderError, ValueError):
     """A backend name that is not registered; the message lists the valid names."""
 
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path, errno=_errno.EINVAL)
+
 
 class BackendUnavailableError(LoaderError):
     """No candidate backend could serve a file; the message says why each one failed."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path, errno=_errno.ENOTSUP)
 
 
 class IntegrityError(LoaderError):
     """The content hash of a file does not match the one tierfs published."""
 
-    def __init__(self, path: str, expected: str, actual: str) -> None:
-        super().__init__(path, f"xxh3-128 mismatch: expected {expected}, read {actual}")
+    def __init__(self, message: str, *, path: str, expected: str, actual: str) -> None:
+        super().__init__(message, path=path, errno=_errno.EIO)
         self.expected = expected
         self.actual = actual
 
@@ -44,6 +76,5 @@ class IntegrityError(LoaderError):
 class CheckpointError(LoaderError, ValueError):
     """The set of files is inconsistent (duplicate tensor names, bad index, no files)."""
 
-
-class ConfigError(LoaderError, ValueError):
-    """An argument or environment setting the loader cannot use."""
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path, errno=_errno.EINVAL)

@@ -138,7 +138,7 @@ class Header:
 
 
 def _fail(path: str, msg: str) -> SafetensorsFormatError:
-    return SafetensorsFormatError(path, msg)
+    return SafetensorsFormatError(msg, path=path)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -24,12 +23,13 @@ from typing import Any
 import torch
 
 from loader.backends.base import BackendFile
+from loader.devicereads import DeviceReads
 from loader.distributed import DistContext
-from loader.errors import IntegrityError, LoaderIOError
 from loader.format import Header
 from loader.memory import HUGE_DESTINATIONS, BufferPool, HostBuffer, tensor_bytes
 from loader.plan import Kind, Plan, PlannedTensor, Request
 from loader.tierfs import ResolvedFile
+from loader.verify import FileHashes
 
 log = logging.getLogger(__name__)
 # Populating a fresh destination with MADV_POPULATE_WRITE before the read is cheaper than
@@ -111,57 +111,19 @@ class Pipeline:
         self._holders: dict[int, int] = {}
         self._deferred: list[HostBuffer] = []
         self._dev_stage: torch.Tensor | None = None
-        self._dev_futs: dict[int, Any] = {}
-        self._dev_next = 0
+        self._device = DeviceReads(
+            files,
+            plan,
+            device=device,
+            stream=copy_stream,
+            dist=dist,
+            stats=self.stats,
+            budget=max(pool.capacity, 1 << 28),
+        )
         self._done = 0
         # Small CPU copies are scattered by the reader thread right after its read.
         self._scatter_in_worker = self.cpu and copy and dist is None
-        self._hashers: dict[int, Any] = {}
-        self._file_left: dict[int, int] = {}
-        if verify:
-            self._setup_hashers()
-
-    # ---------------------------------------------------------------- verification
-    def _setup_hashers(self) -> None:
-        import xxhash
-
-        covered: dict[int, int] = {}
-        for t in self.plan.tensors:
-            covered[t.file] = covered.get(t.file, 0) + 1
-        for fi, f in enumerate(self.files):
-            if not f.rf.xxh3:
-                log.debug("verify: no user.tierfs.xxh3 for %s; not checked", f.rf.requested)
-                continue
-            if covered.get(fi, 0) != len(f.header.tensors):
-                continue  # a partial pass cannot check a whole-file hash
-            h = xxhash.xxh3_128()
-            h.update(struct.pack("<Q", f.header.header_len))
-            h.update(f.header.raw)
-            self._hashers[fi] = h
-            self._file_left[fi] = covered.get(fi, 0)
-            if self._file_left[fi] == 0:
-                self._check_file(fi)
-
-    def _check_file(self, fi: int) -> None:
-        h = self._hashers.pop(fi)
-        f = self.files[fi]
-        got = h.hexdigest()
-        if got != f.rf.xxh3:
-            raise IntegrityError(f.rf.requested, str(f.rf.xxh3), got)
-        log.debug("verify: %s matches %s", f.rf.requested, got)
-
-    def _hash_tensor(self, t: PlannedTensor, tensor: torch.Tensor, hashed: bool) -> None:
-        h = self._hashers.get(t.file)
-        if h is None:
-            return
-        if not hashed and t.nbytes:
-            if self.cpu:
-                h.update(tensor_bytes(tensor))
-            else:
-                h.update(tensor_bytes(tensor.cpu().contiguous()))
-        self._file_left[t.file] -= 1
-        if self._file_left[t.file] == 0:
-            self._check_file(t.file)
+        self._hashes = FileHashes(files, plan) if verify else None
 
     # ---------------------------------------------------------------- buffers
     def _acquire(self, r: Request, force: bool) -> tuple[HostBuffer, int] | None:
@@ -300,9 +262,9 @@ class Pipeline:
         self._h2d(r, buf)
 
     def _h2d(self, r: Request, buf: HostBuffer) -> None:
-        for p in r.pieces:
-            h = self._hashers.get(r.file)
-            if h is not None:
+        h = self._hashes.hasher(r.file) if self._hashes else None
+        if h is not None:
+            for p in r.pieces:
                 h.update(buf.mv[p.src : p.src + p.length])
         # The destinations were allocated on the consumer's stream, whose queued kernels may
         # still use memory the caching allocator just handed back: copy only after them.
@@ -346,44 +308,6 @@ class Pipeline:
         buf.event = ev
         self.pool.release(buf)
 
-    # ---------------------------------------------------------------- device-direct
-    def _pump_device(self, upto: int) -> None:
-        tensors = self.plan.tensors
-        inflight = sum(tensors[i].nbytes for i in self._dev_futs)
-        budget = max(self.pool.capacity, 1 << 28)
-        while self._dev_next < len(tensors) and (self._dev_next <= upto or inflight < budget):
-            t = tensors[self._dev_next]
-            self._dev_next += 1
-            if t.kind is not Kind.DEVICE:
-                continue
-            # kvikio writes from its own threads, outside any stream order.  Memory from the
-            # side stream's pool is never memory the consumer's queued kernels still use;
-            # record_stream makes a later free wait for the consumer's use of the tensor.
-            with torch.cuda.stream(self.stream):
-                d = torch.empty(t.info.shape, dtype=t.info.torch_dtype, device=self.device)
-            d.record_stream(torch.cuda.current_stream(self.device))
-            self._dest[t.index] = d
-            if self.dist is not None and t.owner != self.rank:
-                continue
-            self._dev_futs[t.index] = self.files[t.file].bf.read_device(d, t.start)
-            inflight += t.nbytes
-
-    def _finish_device(self, t: PlannedTensor) -> torch.Tensor:
-        self._pump_device(t.index)
-        fut = self._dev_futs.pop(t.index, None)
-        if fut is not None:
-            n = fut.get()
-            if n != t.nbytes:
-                raise LoaderIOError(
-                    self.files[t.file].rf.requested,
-                    f"short device read of {t.info.name!r}: {n} of {t.nbytes}",
-                )
-            self.stats.add(t.nbytes)
-        d = self._dest.pop(t.index)
-        if self.dist is not None:
-            self.dist.broadcast(d.reshape(-1).view(torch.uint8), t.owner)
-        return d
-
     # ---------------------------------------------------------------- tensors
     def _make(self, t: PlannedTensor) -> tuple[torch.Tensor, bool]:
         """Build tensor ``t`` once its requests are complete; returns (tensor, hashed)."""
@@ -401,7 +325,7 @@ class Pipeline:
                 tensor_bytes(out)[:] = mv
             return out, False
         if t.kind is Kind.DEVICE:
-            return self._finish_device(t), False
+            return self._device.finish(t), False
         for ri in t.requests:
             if ri >= self._done:
                 for rj in range(self._done, ri + 1):
@@ -431,13 +355,14 @@ class Pipeline:
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         self._done = 0
-        if self.dist is not None and self._hashers:
+        if self.dist is not None and self._hashes:
             log.debug("verify under a process group hashes after the broadcast")
         try:
             self._pump()
             for t in self.plan.tensors:
                 tensor, hashed = self._make(t)
-                self._hash_tensor(t, tensor, hashed)
+                if self._hashes is not None:
+                    self._hashes.tensor_done(t, tensor, hashed)
                 pending = self._deferred
                 self._deferred = []
                 yield t.info.name, tensor
@@ -467,9 +392,4 @@ class Pipeline:
                 continue
             self.pool.release(buf)
         self._bufs.clear()
-        for fut in self._dev_futs.values():
-            try:
-                fut.get()
-            except Exception as e:
-                log.debug("abandoned device read failed: %s", e)
-        self._dev_futs.clear()
+        self._device.drain()

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import ctypes
-import json
 import logging
-import mmap
 import os
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import torch
 
 from loader import tierfs
+from loader.arguments import PathsLike, expand_paths, parse_device
 from loader.backends import get_backend, parse_candidates
 from loader.backends.base import OpenContext
 from loader.distributed import DistContext, make_context
@@ -25,184 +22,18 @@ from loader.errors import (
     BackendUnavailableError,
     CheckpointError,
     ConfigError,
+    LoaderError,
     LoaderIOError,
 )
 from loader.format import TensorInfo, read_header
 from loader.memory import BufferPool, HostBuffer
 from loader.pipeline import OpenFile, Pipeline, Stats
-from loader.plan import ALIGN, FileSpec, Plan, assign_owners, build_plan
-from tierfs import units
+from loader.plan import FileSpec, Plan, assign_owners, build_plan
+from loader.tuning import auto_candidates, derive_tuning
 
 log = logging.getLogger(__name__)
 
-PathsLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 MiB = 1 << 20
-
-
-def parse_size(value: str | int | None, what: str) -> int | None:
-    """Parse ``"16M"``, ``"1GiB"``, ``"65536"`` or an int, by tierfs's rule (binary units).
-
-    Raises:
-        ConfigError: the value is not a size.
-    """
-    if value is None or value == "":
-        return None
-    try:
-        return units.parse_size(value)
-    except ValueError as exc:
-        raise ConfigError(None, f"{what}: {value!r} is not a size ({exc})") from None
-
-
-def expand_paths(paths: PathsLike) -> list[str]:
-    """Turn a file, list, directory or ``*.index.json`` into the ordered list of files.
-
-    Raises:
-        CheckpointError: nothing to load, or an index that cannot be read.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        items = [os.fspath(paths)]
-    else:
-        items = [os.fspath(p) for p in paths]
-    out: list[str] = []
-    for p in items:
-        if os.path.isdir(p):
-            found = sorted(os.path.join(p, n) for n in os.listdir(p) if n.endswith(".safetensors"))
-            if not found:
-                raise CheckpointError(p, "directory holds no .safetensors files")
-            out += found
-        elif p.endswith(".json"):
-            out += _index_files(p)
-        else:
-            out.append(p)
-    if not out:
-        raise CheckpointError(None, "no files given")
-    seen: set[str] = set()
-    unique = []
-    for p in out:
-        ap = os.path.abspath(p)
-        if ap not in seen:
-            seen.add(ap)
-            unique.append(ap)
-    return unique
-
-
-def _index_files(index: str) -> list[str]:
-    try:
-        with open(index, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(index, f"cannot read the index: {e}") from e
-    wm = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-        raise CheckpointError(index, "index has no weight_map of tensor -> file names")
-    base = os.path.dirname(os.path.abspath(index))
-    names = sorted(set(wm.values()))
-    for n in names:
-        if os.path.isabs(n) or ".." in n.split("/"):
-            raise CheckpointError(index, f"index names a file outside its directory: {n!r}")
-    return [os.path.join(base, n) for n in names]
-
-
-def parse_device(device: str | int | torch.device) -> torch.device:
-    """``"cpu"``, ``0``, ``"cuda:0"`` or a torch.device.
-
-    Raises:
-        ConfigError: not a device.
-    """
-    try:
-        if isinstance(device, int):
-            return torch.device("cuda", device)
-        d = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(None, f"invalid device {device!r}: {e}") from None
-    if d.type == "cuda" and d.index is None:
-        d = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-    if d.type not in ("cpu", "cuda"):
-        raise ConfigError(None, f"device {d} is not supported (cpu or cuda)")
-    return d
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _CachestatRange(ctypes.Structure):
-    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _Cachestat(ctypes.Structure):
-    _fields_ = [
-        (n, ctypes.c_uint64)
-        for n in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")
-    ]
-
-
-_SYS_CACHESTAT = 451  # same number in the generic and x86_64 tables (Linux 6.5+)
-
-
-def _cachestat_fraction(fd: int, size: int) -> float | None:
-    rng, out = _CachestatRange(0, 0), _Cachestat()
-    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(out), 0) != 0:
-        return None
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    return min(1.0, out.nr_cache / pages)
-
-
-def page_cache_fraction(fd: int, size: int) -> float:
-    """Fraction of a file's pages in the page cache (``cachestat``, else ``mincore``);
-    0.0 when unknown."""
-    if size <= 0:
-        return 0.0
-    quick = _cachestat_fraction(fd, size)
-    if quick is not None:
-        return quick
-    try:
-        # A private writable mapping lends its address through ctypes; it is never touched.
-        probe = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    except (OSError, ValueError):
-        return 0.0
-    try:
-        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-        vec = (ctypes.c_ubyte * pages)()
-        cbuf = ctypes.c_char.from_buffer(probe)
-        rc = _libc.mincore(ctypes.c_void_p(ctypes.addressof(cbuf)), ctypes.c_size_t(size), vec)
-        del cbuf
-        if rc != 0:
-            return 0.0
-        # Only bit 0 is defined (resident); the others are reserved and zero.
-        return 1.0 - bytes(vec).count(0) / pages
-    finally:
-        probe.close()
-
-
-@dataclass
-class Tuning:
-    """Derived (or overridden) sizes for a session."""
-
-    threads: int
-    chunks: list[int]
-    staging: int
-    buffer: int | None
-
-
-def auto_candidates(rf: tierfs.ResolvedFile, device: torch.device) -> list[str]:
-    """Backend order chosen from the (backing) file system, the device and the page cache."""
-    cands: list[str] = []
-    if device.type == "cuda" and rf.fs not in tierfs.MEMORY_FS:
-        try:
-            import kvikio  # noqa: F401
-
-            cands.append("gds")
-        except ImportError:
-            pass
-    if rf.fs in tierfs.MEMORY_FS:
-        return [*cands, "mmap", "buffered"]
-    if rf.fs == "fuse":
-        # Reading through a FUSE mount (tierfs fallback): the page cache path is the safe one.
-        return [*cands, "buffered"]
-    if page_cache_fraction(rf.fd, rf.size) >= 0.9:
-        # A repeat load: the bytes are already in RAM, copying them beats re-reading the disk.
-        return [*cands, "buffered", "direct"]
-    return [*cands, "direct", "buffered"]
 
 
 class SafeOpen:
@@ -228,7 +59,7 @@ class SafeOpen:
         buffer_size: int | str | None = None,
     ) -> None:
         if framework not in ("pt", "torch"):
-            raise ConfigError(None, f"framework {framework!r} is not supported; use 'pt'")
+            raise ConfigError(f"{framework!r} is not supported; use 'pt'", key="framework")
         self.device = parse_device(device)
         self.copy = copy
         self.verify = verify
@@ -246,7 +77,7 @@ class SafeOpen:
         try:
             for p in self.paths:
                 self._open_one(p)
-            self.tuning = self._tune(threads, chunk_size, staging_size, buffer_size)
+            self.tuning = derive_tuning(self.files, threads, chunk_size, staging_size, buffer_size)
         except BaseException:
             self.close()
             raise
@@ -256,12 +87,14 @@ class SafeOpen:
         try:
             rf = tierfs.resolve(path)
         except OSError as e:
-            raise LoaderIOError(path, f"cannot open: {e.strerror}", e.errno) from e
+            raise LoaderIOError(f"cannot open: {e.strerror}", path=path, errno=e.errno) from e
         try:
             header = read_header(rf.requested, fd=rf.fd)
         except OSError as e:
             rf.close()
-            raise LoaderIOError(path, f"cannot read the header: {e.strerror}", e.errno) from e
+            raise LoaderIOError(
+                f"cannot read the header: {e.strerror}", path=path, errno=e.errno
+            ) from e
         except BaseException:
             rf.close()
             raise
@@ -280,59 +113,14 @@ class SafeOpen:
             for t in header.tensors:
                 if t.name in self._index:
                     other = self.files[self._index[t.name][0]].rf.requested
-                    raise CheckpointError(path, f"tensor {t.name!r} is also in {other}")
+                    raise CheckpointError(f"tensor {t.name!r} is also in {other}", path=path)
                 self._index[t.name] = (fi, t)
             log.debug("%s: backend %s (fs %s, via %s)", path, name, rf.fs, rf.read_path)
             return
         rf.close()
-        raise BackendUnavailableError(path, "no backend can read this file: " + "; ".join(reasons))
-
-    def _tune(
-        self,
-        threads: int | None,
-        chunk_size: int | str | None,
-        staging_size: int | str | None,
-        buffer_size: int | str | None,
-    ) -> Tuning:
-        env = os.environ.get
-        ncpu = os.cpu_count() or 2
-        chunk_o = parse_size(chunk_size, "chunk_size") or parse_size(
-            env("LOADER_CHUNK_SIZE"), "LOADER_CHUNK_SIZE"
+        raise BackendUnavailableError(
+            "no backend can read this file: " + "; ".join(reasons), path=path
         )
-        chunks, thread_wants = [], []
-        for f in self.files:
-            if f.backend == "mmap":
-                c, th = 8 * MiB, min(16, max(4, 2 * ncpu))
-            elif f.backend == "buffered":
-                hybrid = getattr(f.bf, "direct", None) is not None
-                # ncpu threads copy from the page cache; with O_DIRECT, more read around it.
-                c, th = 8 * MiB, (min(ncpu, 8) + 4) if hybrid else min(16, max(4, 2 * ncpu))
-            else:
-                prof = tierfs.storage_profile(f.rf.read_path, f.rf.fs)
-                if prof.rotational:
-                    c, th = 16 * MiB, 2
-                elif prof.fs in tierfs.NETWORK_FS:
-                    c, th = 16 * MiB, 16
-                else:
-                    c, th = 16 * MiB, 8
-            if chunk_o:
-                c = max(16 * ALIGN, chunk_o // ALIGN * ALIGN)
-            chunks.append(c)
-            thread_wants.append(th)
-        t_env = env("LOADER_THREADS")
-        nthreads = threads or (int(t_env) if t_env else max(thread_wants, default=4))
-        if nthreads < 1:
-            raise ConfigError(None, f"threads must be >= 1, not {nthreads}")
-        maxc = max(chunks, default=16 * MiB)
-        staging = (
-            parse_size(staging_size, "staging_size")
-            or parse_size(env("LOADER_STAGING_SIZE"), "LOADER_STAGING_SIZE")
-            or (2 * nthreads * maxc)
-        )
-        buf = parse_size(buffer_size, "buffer_size") or parse_size(
-            env("LOADER_BUFFER_SIZE"), "LOADER_BUFFER_SIZE"
-        )
-        return Tuning(nthreads, chunks, staging, buf)
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> SafeOpen:
@@ -460,7 +248,7 @@ class SafeOpen:
             IntegrityError: ``verify=True`` and a file's hash does not match tierfs's.
         """
         if not self.files:
-            raise ConfigError(None, "the session is closed")
+            raise LoaderError("the session is closed")
         yield from self._pipeline(self._plan(None), self.verify)
 
     def __iter__(self) -> Iterator[str]:

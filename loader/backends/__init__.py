@@ -41,7 +41,7 @@ def get_backend(name: str) -> Backend:
         return _REGISTRY[name]()
     except KeyError:
         raise UnknownBackendError(
-            None, f"unknown backend {name!r}; valid backends: {', '.join(_REGISTRY)}"
+            f"unknown backend {name!r}; valid backends: {', '.join(_REGISTRY)}"
         ) from None
 
 
@@ -56,7 +56,7 @@ def parse_candidates(spec: str | Sequence[str]) -> list[str]:
     for n in out:
         if n not in _REGISTRY:
             raise UnknownBackendError(
-                None, f"unknown backend {n!r}; valid backends: {', '.join(_REGISTRY)}"
+                f"unknown backend {n!r}; valid backends: {', '.join(_REGISTRY)}"
             )
     return out
 

@@ -74,11 +74,11 @@ class Backend(abc.ABC):
 
 
 def unavailable(backend: str, rf: ResolvedFile, why: str) -> BackendUnavailableError:
-    return BackendUnavailableError(rf.requested, f"backend {backend!r} cannot be used: {why}")
+    return BackendUnavailableError(f"backend {backend!r} cannot be used: {why}", path=rf.requested)
 
 
 def io_error(path: str, what: str, e: OSError) -> LoaderIOError:
-    return LoaderIOError(path, f"{what}: {e.strerror or e}", e.errno)
+    return LoaderIOError(f"{what}: {e.strerror or e}", path=path, errno=e.errno)
 
 
 def pread_full(fd: int, path: str, buf: memoryview, offset: int, need: int) -> int:
@@ -98,9 +98,9 @@ def pread_full(fd: int, path: str, buf: memoryview, offset: int, need: int) -> i
             break
     if done < need:
         raise LoaderIOError(
-            path,
             f"file ended at {offset + done}, expected data up to "
             f"{offset + need} (truncated while loading?)",
-            errno.EIO,
+            path=path,
+            errno=errno.EIO,
         )
     return done

@@ -46,9 +46,9 @@ class DirectFile(BackendFile):
                 return
         if done < need:
             raise LoaderIOError(
-                self.path,
                 f"file ended at {offset + done}, expected data up to {offset + need}",
-                errno.EIO,
+                path=self.path,
+                errno=errno.EIO,
             )
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ def checkpoint_paths(model: str, revision: str | None = None) -> str | list[str]
         os.path.join(model_dir, n) for n in os.listdir(model_dir) if n.endswith(".safetensors")
     )
     if not files:
-        raise CheckpointError(model_dir, "no *.safetensors weights")
+        raise CheckpointError("no *.safetensors weights", path=model_dir)
     return files
 
 
@@ -43,7 +43,7 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> str:
         from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
     except ImportError:
         raise CheckpointError(
-            repo_id, "not a local model directory (and huggingface_hub is not installed)"
+            "not a local model directory (and huggingface_hub is not installed)", path=repo_id
         ) from None
     try:
         return str(
@@ -55,13 +55,13 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> str:
             )
         )
     except HFValidationError:
-        raise CheckpointError(repo_id, "not a local model directory or a repo id") from None
+        raise CheckpointError("not a local model directory or a repo id", path=repo_id) from None
     except LocalEntryNotFoundError:
         rev = f" at revision {revision!r}" if revision else ""
         raise CheckpointError(
-            repo_id,
             f"not a local model directory, and not in the Hugging Face cache "
             f"{constants.HF_HUB_CACHE}{rev}",
+            path=repo_id,
         ) from None
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import loader
 from loader import tierfs
-from loader.session import auto_candidates
+from loader.tuning import auto_candidates
 
 
 class FakeTierfs:
@@ -109,7 +109,7 @@ def test_backend_follows_backing_file_system(
         assert auto_candidates(rf, torch.device("cpu"))[0] == "mmap"
         types[str(backing)] = "nfs"
         rf.fs = tierfs.fs_type(rf.read_path)
-        monkeypatch.setattr("loader.session.page_cache_fraction", lambda fd, n: 0.0)
+        monkeypatch.setattr("loader.tuning.page_cache_fraction", lambda fd, n: 0.0)
         assert auto_candidates(rf, torch.device("cpu"))[0] == "direct"
     finally:
         rf.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import struct
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,11 @@ from safetensors.torch import save_file
 
 import loader
 from loader import tierfs
+from loader.arguments import parse_size
 from loader.backends.base import BackendFile, OpenContext, pread_full
-from loader.session import parse_size
 from loader.tierfs import ResolvedFile
+from tierfs.errors import ConfigError as TierfsConfigError
+from tierfs.errors import TierfsError
 from tierfs.units import parse_size as config_parse_size
 
 
@@ -92,3 +96,33 @@ def test_parse_size_follows_the_config_rule() -> None:
         assert parse_size(text, "x") == config_parse_size(text)
     with pytest.raises(loader.ConfigError, match="staging_size"):
         parse_size(-1, "staging_size")
+
+
+def test_loader_config_errors_are_tierfs_config_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(4)}, str(p))
+    assert loader.ConfigError is TierfsConfigError
+    with pytest.raises(TierfsConfigError) as ei:
+        loader.safe_open(p, threads=0)
+    assert ei.value.key == "threads" and "must be >= 1, not 0" in str(ei.value)
+    monkeypatch.setenv("LOADER_THREADS", "many")
+    with pytest.raises(TierfsConfigError) as ei:
+        loader.safe_open(p)
+    assert ei.value.key == "LOADER_THREADS" and "'many'" in str(ei.value)
+
+
+def test_loader_errors_are_tierfs_errors_with_path_and_errno(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.safetensors"
+    with pytest.raises(TierfsError) as ei:
+        loader.safe_open(missing)
+    assert isinstance(ei.value, loader.LoaderIOError)
+    assert ei.value.path == str(missing) and ei.value.errno == errno.ENOENT
+    assert str(ei.value).startswith(f"{missing}: cannot open")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", 100) + b"{}")
+    with pytest.raises(TierfsError) as ei:
+        loader.safe_open(bad)
+    assert isinstance(ei.value, loader.SafetensorsFormatError)
+    assert ei.value.path == str(bad) and ei.value.errno == errno.EINVAL
