@@ -569,6 +569,7 @@ def main() -> None:
             str(out),
             "--device",
             args.device,
+            "--write",
         ]
         subprocess.run(command, check=True)
 

@@ -41,7 +41,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -51,6 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader_methods import LOADER_STATS, METHODS, MODULES, Checkpoint, loaded_bytes
+from loader_report import report_lines, summarise
 
 log = logging.getLogger("bench_loader")
 PEERS = ["loader", "safetensors", "fastsafetensors", "runai", "tensorizer"]
@@ -278,6 +278,9 @@ def main() -> None:
     ap.add_argument("--no-drop", action="store_true", help="never drop the page cache")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--out", default="bench-loader.json")
+    ap.add_argument(
+        "--write", action="store_true", help="write the run's block into docs/benchmarks.md"
+    )
     ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -344,7 +347,12 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(disk, ignore_errors=True)
             shutil.rmtree(shm, ignore_errors=True)
-    print_table(results, scenarios, peers, extra)
+    lines = report_lines(results, scenarios, peers, extra)
+    print("\n" + "\n".join(lines))
+    if args.write:
+        from bench import write_section
+
+        write_section("loader", "\n".join(lines), "Loader: safetensors into memory (generated)")
 
 
 def to_tmpfs(ck: Checkpoint, shm: Path) -> Checkpoint:
@@ -379,79 +387,6 @@ def record(results: dict[str, Any], scen: str, m: str, rep: int, r: dict[str, An
         r["sys_s"],
         r["threads"],
     )
-
-
-def summarise(results: dict[str, Any]) -> None:
-    """Medians per cell, and each method's worst peak RSS added by the load."""
-    for entry in results["runs"].values():
-        s = entry.get("samples")
-        if s:
-            entry["median_gbps"] = statistics.median(x["gbps"] for x in s)
-            entry["median_cpu_s"] = statistics.median(x["user_s"] + x["sys_s"] for x in s)
-            entry["peak_added_gib"] = max(
-                (x["peak_rss_kib"] - x["rss_before_kib"]) / 2**20 for x in s
-            )
-
-
-def print_table(
-    results: dict[str, Any], scenarios: list[str], peers: list[str], extra: dict[str, list[str]]
-) -> None:
-    m = results["machine"]
-    where = f"into {m['gpu']}" if "gpu" in m else "into CPU memory"
-    print(
-        f"\n{m['date']}; {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, "
-        f"Linux {m['kernel']}; {results['bytes'] / 1e9:.2f} GB in {results['files']} files, "
-        f"{where}; cells: median GB/s (median CPU seconds, user + system; worst peak RSS "
-        "added, GiB)"
-        + ("" if results["cold_dropped"] else "  (page cache NOT dropped: cold is not cold)")
-    )
-    rows = peers + [x for s in scenarios for x in extra[s] if x not in peers]
-    rows = list(dict.fromkeys(rows))
-    print("\n| method | " + " | ".join(scenarios) + " |")
-    print("|---|" + "---:|" * len(scenarios))
-    for meth in rows:
-        cells = []
-        for scen in scenarios:
-            e = results["runs"].get(f"{scen}/{meth}", {})
-            if "median_gbps" in e:
-                cells.append(
-                    f"{e['median_gbps']:.2f} ({e['median_cpu_s']:.1f} s; "
-                    f"+{e['peak_added_gib']:.2f})"
-                )
-            else:
-                cells.append("error" if e.get("errors") else "-")
-        print(f"| {meth} | " + " | ".join(cells) + " |")
-    print()
-    for line in ratios(results, scenarios, peers):
-        print(line)
-
-
-def ratios(results: dict[str, Any], scenarios: list[str], peers: list[str]) -> list[str]:
-    """The loader against the best peer and against the fresh-memory bound, per scenario,
-    in GB/s and in CPU seconds (the steadier figure on a shared machine)."""
-    out = []
-    for scen in scenarios:
-        cell = {m: results["runs"].get(f"{scen}/{m}", {}) for m in [*peers, *EXTRA[scen]]}
-        mine = cell.get("loader", {})
-        others = [(m, e) for m, e in cell.items() if m in peers and m != "loader"]
-        others = [(m, e) for m, e in others if "median_gbps" in e]
-        if "median_gbps" not in mine or not others:
-            continue
-        best, e = max(others, key=lambda x: x[1]["median_gbps"])
-        thrift, c = min(others, key=lambda x: x[1]["median_cpu_s"])
-        line = (
-            f"{scen}: loader / best peer ({best}) {mine['median_gbps'] / e['median_gbps']:.2f}x "
-            f"in GB/s; CPU seconds, least-CPU peer ({thrift}) / loader "
-            f"{c['median_cpu_s'] / mine['median_cpu_s']:.2f}x"
-        )
-        # The fresh-memory bound of the scenario is the faster of its bounds.
-        bounds = [(m, cell[m]) for m in EXTRA[scen] if m.endswith("-fresh")]
-        bounds = [(m, b) for m, b in bounds if "median_gbps" in b]
-        if bounds:
-            bm, b = max(bounds, key=lambda x: x[1]["median_gbps"])
-            line += f"; loader / {bm} {mine['median_gbps'] / b['median_gbps']:.2f}x"
-        out.append(line)
-    return out
 
 
 if __name__ == "__main__":
