@@ -9,18 +9,8 @@ from __future__ import annotations
 
 import errno as _errno
 
-from tierfs.errors import ConfigError, TierfsError
-
-__all__ = [
-    "BackendUnavailableError",
-    "CheckpointError",
-    "ConfigError",
-    "IntegrityError",
-    "LoaderError",
-    "LoaderIOError",
-    "SafetensorsFormatError",
-    "UnknownBackendError",
-]
+from tierfs.errors import ConfigError as ConfigError  # re-exported: the loader raises it
+from tierfs.errors import TierfsError
 
 
 class LoaderError(TierfsError):

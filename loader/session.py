@@ -40,7 +40,7 @@ class SafeOpen:
     """A set of safetensors files opened for loading.  Use as a context manager.
 
     Tensors come out in file order across all files (``tensors()``), or one at a time
-    (``get_tensor``).  See ``loader.safe_open`` for the arguments.
+    (``get_tensor``).  ``__init__`` lists the arguments.
     """
 
     def __init__(
@@ -58,6 +58,32 @@ class SafeOpen:
         staging_size: int | str | None = None,
         buffer_size: int | str | None = None,
     ) -> None:
+        """Open safetensors files for fast loading (``safe_open`` is this class).
+
+        Args:
+            paths: a file, a list of files, a directory or a ``*.index.json``.
+            framework: ``"pt"`` (torch) only.
+            device: ``"cpu"``, a CUDA ordinal or ``"cuda:N"``.
+            process_group: a torch.distributed group: ranks split the reading, every rank gets
+                every tensor.
+            backend: comma-separated candidates (``direct``, ``buffered``, ``mmap``, ``gds``)
+                tried in order; default: chosen per file, or ``$LOADER_BACKEND``.
+            copy: ``True`` yields tensors owning their memory; ``False`` yields views into the
+                loader's buffer (valid until the next tensor is requested) or into the file
+                mapping (mmap backend, valid for the tensor's lifetime).
+            verify: check each file's xxh3-128 against ``user.tierfs.xxh3`` while streaming.
+            threads, chunk_size, staging_size, buffer_size: override the derived tuning (also
+                ``$LOADER_THREADS``, ``$LOADER_CHUNK_SIZE``, ``$LOADER_STAGING_SIZE``,
+                ``$LOADER_BUFFER_SIZE``).
+
+        Raises:
+            SafetensorsFormatError: a file is not valid safetensors.
+            UnknownBackendError: a backend name is not registered.
+            BackendUnavailableError: no candidate backend can read a file.
+            CheckpointError: no files, a bad index, or a tensor name in two files.
+            LoaderIOError: a file cannot be opened or read.
+            ConfigError: an argument or `LOADER_*` setting is not usable.
+        """
         if framework not in ("pt", "torch"):
             raise ConfigError(f"{framework!r} is not supported; use 'pt'", key="framework")
         self.device = parse_device(device)
@@ -271,58 +297,8 @@ class SafeOpen:
         return out[0]
 
 
-def safe_open(
-    paths: PathsLike,
-    framework: str = "pt",
-    device: str | int | torch.device = "cpu",
-    process_group: Any = None,
-    backend: str | Sequence[str] | None = None,
-    copy: bool = True,
-    *,
-    verify: bool = False,
-    threads: int | None = None,
-    chunk_size: int | str | None = None,
-    staging_size: int | str | None = None,
-    buffer_size: int | str | None = None,
-) -> SafeOpen:
-    """Open safetensors files for fast loading.
-
-    Args:
-        paths: a file, a list of files, a directory or a ``*.index.json``.
-        framework: ``"pt"`` (torch) only.
-        device: ``"cpu"``, a CUDA ordinal or ``"cuda:N"``.
-        process_group: a torch.distributed group: ranks split the reading, every rank gets
-            every tensor.
-        backend: comma-separated candidates (``direct``, ``buffered``, ``mmap``, ``gds``)
-            tried in order; default: chosen per file, or ``$LOADER_BACKEND``.
-        copy: ``True`` yields tensors owning their memory; ``False`` yields views into the
-            loader's buffer (valid until the next tensor is requested) or into the file
-            mapping (mmap backend, valid for the tensor's lifetime).
-        verify: check each file's xxh3-128 against ``user.tierfs.xxh3`` while streaming.
-        threads, chunk_size, staging_size, buffer_size: override the derived tuning (also
-            ``$LOADER_THREADS``, ``$LOADER_CHUNK_SIZE``, ``$LOADER_STAGING_SIZE``,
-            ``$LOADER_BUFFER_SIZE``).
-
-    Raises:
-        SafetensorsFormatError: a file is not valid safetensors.
-        UnknownBackendError: a backend name is not registered.
-        BackendUnavailableError: no candidate backend can read a file.
-        CheckpointError: no files, a bad index, or a tensor name in two files.
-        LoaderIOError: a file cannot be opened or read.
-    """
-    return SafeOpen(
-        paths,
-        framework,
-        device,
-        process_group,
-        backend,
-        copy,
-        verify=verify,
-        threads=threads,
-        chunk_size=chunk_size,
-        staging_size=staging_size,
-        buffer_size=buffer_size,
-    )
+# The safetensors-style entry point: ``safe_open(...)`` is the session itself.
+safe_open = SafeOpen
 
 
 def load_file(
