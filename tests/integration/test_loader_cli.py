@@ -65,3 +65,17 @@ def test_bench_runs_every_backend(tmp_path: Path) -> None:
     for name in ("auto", "direct", "buffered", "mmap", "gds"):
         assert name in r.stdout
     assert "not CUDA" in r.stdout  # gds says why it cannot run on CPU
+
+
+def test_bad_setting_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A loader setting that is not usable is tierfs's ConfigError: exit 2, one line naming
+    the setting and its value, no traceback."""
+    p = _file(tmp_path)
+    env = {**os.environ, "LOADER_THREADS": "lots", "COLUMNS": "200"}
+    r = subprocess.run(
+        [sys.executable, "-m", "loader", "bench", str(p)], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 and "LOADER_THREADS" in lines[0] and "'lots'" in lines[0], lines
+    assert "Traceback" not in r.stderr
