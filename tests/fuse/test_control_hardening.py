@@ -22,7 +22,7 @@ from tests.fuse.crashutil import (
     read_through,
     xxh,
 )
-from tierfs.storage.mover import JOB_HISTORY
+from tierfs.storage.mover.jobs import JOB_HISTORY
 
 pytestmark = [pytest.mark.timeout(300)]
 

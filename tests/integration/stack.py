@@ -2,18 +2,24 @@
 
 Catalog, namespace, placement, read path, operations, mover and the control façade are
 the real classes over a real SQLite file and real directories; only the kernel is
-missing (nothing is pushed into a page cache). A tier is a plain directory (the RAM check
-is the mount's business), so these tests run as any user, in milliseconds.
+missing: nothing is pushed into a page cache, and what the operations would tell the
+kernel about its caches is recorded (`RecordingKernel`). A tier is a plain directory (the
+RAM check is the mount's business), so these tests run as any user, in milliseconds.
+
+Tests drive the FUSE operations themselves (`open_file`, `read_file`): the same
+requests the kernel would send, answered by the same code.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import pyfuse3
 import trio
 
 from tierfs.config import Config, config_from_dict
@@ -25,6 +31,20 @@ from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.placement import Placement
 from tierfs.storage.tiers import HOT_DIR, TMP_DIR, Tier
+
+
+@dataclass
+class RecordingKernel:
+    """Stands in for the kernel's caches: records what the operations ask it to forget."""
+
+    entries: list[tuple[int, str]] = field(default_factory=list)
+    inodes: list[int] = field(default_factory=list)
+
+    def forget_entry(self, parent_inode: int, name: str) -> None:
+        self.entries.append((parent_inode, name))
+
+    def forget_inode(self, inode: int) -> None:
+        self.inodes.append(inode)
 
 
 @dataclass
@@ -40,6 +60,7 @@ class Stack:
     operations: TierfsOperations
     mover: Mover
     tiers: list[Tier]
+    kernel: RecordingKernel
 
     @property
     def stores(self) -> dict[str, Path]:
@@ -51,21 +72,37 @@ class Stack:
 
 
 def stack_config(
-    base: Path, *, tier_size: int = 64 << 20, read: dict[str, Any] | None = None, **policy: Any
+    base: Path,
+    *,
+    tier_size: int = 64 << 20,
+    tiers: list[int] | None = None,
+    strategy: str | None = None,
+    read: dict[str, Any] | None = None,
+    **policy: Any,
 ) -> Config:
-    """A config with one cold store (``base/cold``) and one tier (``base/ram0``)."""
+    """A config with one cold store (``base/cold``) and tiers ``base/ram0``, ``ram1``...
+
+    Args:
+        tier_size: the size of the one tier, when `tiers` is not given.
+        tiers: the sizes of several tiers, fastest first.
+        strategy: the ``[placement] strategy``.
+    """
     cold = base / "cold"
     cold.mkdir(exist_ok=True)
-    tier = base / "ram0"
-    for sub in (HOT_DIR, TMP_DIR):
-        (tier / sub).mkdir(parents=True, exist_ok=True)
+    tier_table = []
+    for rank, size in enumerate(tiers or [tier_size]):
+        tier = base / f"ram{rank}"
+        for sub in (HOT_DIR, TMP_DIR):
+            (tier / sub).mkdir(parents=True, exist_ok=True)
+        tier_table.append({"name": f"ram{rank}", "path": str(tier), "size": size, "rank": rank})
     return config_from_dict(
         {
             "mountpoint": str(base / "mnt"),
             "state_dir": str(base / "state"),
             "cold": [{"name": "c", "path": str(cold)}],
-            "tier": [{"name": "ram0", "path": str(tier), "size": tier_size}],
+            "tier": tier_table,
             "policy": policy,
+            "placement": {"strategy": strategy} if strategy else {},
             "read": read or {},
         }
     )
@@ -87,12 +124,35 @@ async def running_stack(config: Config, push: PushFn | None = None) -> AsyncIter
         placement = Placement(catalog)
         await placement.load()
         readpath = ReadPath(config.read, push=push)
-        operations = TierfsOperations(namespace, placement, readpath)
+        kernel = RecordingKernel()
+        operations = TierfsOperations(namespace, placement, readpath, kernel)
         mover = Mover(config, catalog, namespace, placement, tiers)
         async with trio.open_nursery() as nursery:
             await nursery.start(readpath.run)
+            await nursery.start(operations.run)
             await nursery.start(mover.run)
-            yield Stack(config, catalog, namespace, placement, readpath, operations, mover, tiers)
+            yield Stack(
+                config, catalog, namespace, placement, readpath, operations, mover, tiers, kernel
+            )
             nursery.cancel_scope.cancel()
     finally:
         catalog.close()
+
+
+async def open_file(stack: Stack, relpath: str) -> pyfuse3.FileInfo:
+    """Open a file through the operations, as the kernel would (a lookup, then an open)."""
+    inode = pyfuse3.ROOT_INODE
+    for name in relpath.split("/"):
+        inode = (await stack.operations.lookup(inode, name.encode())).st_ino
+    return await stack.operations.open(inode, os.O_RDONLY, pyfuse3.RequestContext())
+
+
+async def read_file(stack: Stack, relpath: str) -> tuple[pyfuse3.FileInfo, bytes]:
+    """Open, read whole and release a file through the operations."""
+    info = await open_file(stack, relpath)
+    size = stack.readpath.handle(info.fh).size
+    chunks = []
+    for offset in range(0, size, 1 << 20):
+        chunks.append(await stack.operations.read(info.fh, offset, 1 << 20))
+    await stack.operations.release(info.fh)
+    return info, b"".join(chunks)

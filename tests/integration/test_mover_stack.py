@@ -11,7 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.integration.stack import running_stack, stack_config
+from tests.integration.stack import read_file, running_stack, stack_config
+from tierfs.storage.events import FileOpened
 
 
 def test_a_model_that_vanishes_before_its_promotion_on_open_leaves_the_mover_running(
@@ -34,7 +35,7 @@ def test_a_model_that_vanishes_before_its_promotion_on_open_leaves_the_mover_run
             # Gone between the open and the promotion it starts.
             shutil.rmtree(model)
             stack.namespace.refresh()
-            stack.mover.note_open(node)
+            stack.placement.events.hint(FileOpened(node))
             await trio.testing.wait_all_tasks_blocked()
             assert stack.mover.jobs() == []
             # Still serving: a later request is answered.
@@ -54,10 +55,8 @@ def test_status_shows_an_open_at_once_before_it_reaches_the_catalog(tmp_path: Pa
         async with running_stack(config) as stack:
             before = await stack.control.status()
             assert [m["last_access"] for m in before["models"]] == [None]
-            node = stack.namespace.resolve("m/a.safetensors")
             opened_at = time.time()
-            handle = await stack.placement.open(node, stack.readpath)
-            await stack.readpath.release(handle.fh)
+            await read_file(stack, "m/a.safetensors")
             # Nothing flushed: the catalog has no access yet.
             assert stack.catalog.files()[0].last_access is None
             after = await stack.control.status()

@@ -15,8 +15,9 @@ import trio
 import trio.testing
 import xxhash
 
-from tests.integration.stack import Stack, running_stack, stack_config
-from tierfs.fuse.readpath import Backing, OpenFile
+from tests.integration.stack import Stack, open_file, running_stack, stack_config
+from tierfs.fuse.readpath import OpenFile
+from tierfs.storage.backing import Backing
 from tierfs.storage.catalog import ReplicaState
 
 MiB = 1 << 20
@@ -50,12 +51,13 @@ async def promote(stack: Stack, name: str) -> None:
     assert str(job.state) == "done", job.error
 
 
-async def open_and_read(stack: Stack, relpath: str) -> tuple[OpenFile, bytes]:
-    node = stack.namespace.resolve(relpath)
-    handle = await stack.placement.open(node, stack.readpath)
-    data = await stack.readpath.read(handle.fh, 0, node.attrs.size)
-    await stack.readpath.release(handle.fh)
-    return handle, data
+async def open_and_read(stack: Stack, relpath: str) -> tuple[Backing, bytes]:
+    """Open, read and release a file through the FUSE operations; what served it, and its bytes."""
+    info = await open_file(stack, relpath)
+    handle = stack.readpath.handle(info.fh)
+    data = await stack.operations.read(info.fh, 0, handle.size)
+    await stack.operations.release(info.fh)
+    return handle.backing, data
 
 
 def test_making_room_evicts_the_least_recently_opened_model_down_to_the_low_watermark(
@@ -130,9 +132,9 @@ def test_an_open_that_races_an_eviction_falls_back_to_the_cold_file(
                 return await real_open(inode, backing, size)
 
             monkeypatch.setattr(stack.readpath, "open", open_after_eviction)
-            handle, got = await open_and_read(stack, "m.safetensors")
+            backing, got = await open_and_read(stack, "m.safetensors")
             assert [b.tier for b in opened] == ["ram0", "c"]
-            assert handle.backing.tier == "c"
+            assert backing.tier == "c"
             assert xxh(got) == xxh(data)
             assert hot_models(stack) == {}
 
@@ -152,18 +154,17 @@ def test_prefetch_pushes_the_file_one_window_ahead_of_a_sequential_reader(
 
     async def main() -> None:
         async with running_stack(config, push=push) as stack:
-            node = stack.namespace.resolve("m.safetensors")
-            handle = await stack.placement.open(node, stack.readpath)
+            info = await open_file(stack, "m.safetensors")
             request = 128 << 10
             for offset in range(0, MiB, request):
-                got = await stack.readpath.read(handle.fh, offset, request)
+                got = await stack.operations.read(info.fh, offset, request)
                 assert got == data[offset : offset + request]
             # Pushes run on worker threads; wait for them to reach the window's end.
             with trio.fail_after(30):
                 while max((o + len(c) for o, c in pushed.items()), default=0) < MiB + window:
                     await trio.sleep(0.01)
             await trio.testing.wait_all_tasks_blocked()
-            await stack.readpath.release(handle.fh)
+            await stack.operations.release(info.fh)
 
     trio.run(main)
     # Every pushed piece holds the file's own bytes; what the reader did not read itself

@@ -305,6 +305,7 @@ class Daemon:
         await self.placement.load()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.readpath.run)
+            await nursery.start(self.operations.run)
             await nursery.start(self._watch_signals)
             await nursery.start(self.mover.run)
             await nursery.start(serve_control, self.control, self.config.control_socket)
@@ -446,11 +447,9 @@ class DaemonControl:
     async def fsck(self, deep: bool) -> dict[str, Any]:
         d = self.daemon
         token = trio.lowlevel.current_trio_token()
-        withdrawn: list[tuple[str, str]] = []
 
         def withdraw(store: str, relpath: str) -> None:
-            withdrawn.append((store, relpath))
-            trio.from_thread.run_sync(d.placement.set_hot, (store, relpath), None, trio_token=token)
+            trio.from_thread.run(d.placement.withdraw_stale, (store, relpath), trio_token=token)
 
         async with self._fsck_lock:
             await d.placement.flush_access()
@@ -472,10 +471,8 @@ class DaemonControl:
             report = await trio.to_thread.run_sync(run_check)
             # Copies replaced or removed by the check are re-read from the catalog.
             await d.placement.load()
-            # Pages read from a withdrawn copy (a corrupt one, say) stay in the kernel's
-            # cache, and keep_cache serves them to every later open: drop them.
-            for store, relpath in withdrawn:
-                await d.operations.forget_cached(store, relpath)
+            # Readers after the repair must not get pages cached from a withdrawn copy.
+            await d.placement.events.settled()
         return report.to_json()
 
     async def metrics(self) -> dict[str, Any]:
