@@ -18,7 +18,7 @@ import xxhash
 from tests.integration.stack import Stack, open_file, running_stack, stack_config
 from tierfs.fuse.readpath import OpenFile
 from tierfs.storage.backing import Backing
-from tierfs.storage.catalog import ReplicaState
+from tierfs.storage.records import ReplicaState
 
 MiB = 1 << 20
 

@@ -16,7 +16,8 @@ from tierfs.errors import TierfsError
 from tierfs.namespace.inventory import Inventory, take_inventory
 from tierfs.namespace.merge import Kind, Namespace
 from tierfs.states import JobState, ModelState
-from tierfs.storage.catalog import Catalog, ReplicaState
+from tierfs.storage.catalog import Catalog
+from tierfs.storage.records import ReplicaState
 
 
 def tier_rows(config: Config, usage: dict[str, int]) -> list[dict[str, Any]]:

@@ -19,8 +19,9 @@ import trio
 
 from tierfs.namespace.merge import Node
 from tierfs.storage.backing import Backing, FileKey
-from tierfs.storage.catalog import AccessDelta, Catalog, FileRecord, ReplicaState
+from tierfs.storage.catalog import Catalog
 from tierfs.storage.events import ColdChanged, CopyWithdrawn, FileOpened, StorageEvents
+from tierfs.storage.records import AccessDelta, FileRecord, ReplicaState
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from tierfs.namespace.inventory import Inventory, take_inventory
 from tierfs.namespace.merge import Namespace, Node
 from tierfs.namespace.models import Model, find_model, models_by_file
 from tierfs.storage.backing import FileKey
-from tierfs.storage.catalog import Catalog, FileRecord
+from tierfs.storage.catalog import Catalog
 from tierfs.storage.placement import Placement
+from tierfs.storage.records import FileRecord
 from tierfs.storage.tiers import Tier
 
 T = TypeVar("T")

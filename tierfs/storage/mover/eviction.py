@@ -19,10 +19,10 @@ from tierfs.config import format_size
 from tierfs.namespace.models import Model
 from tierfs.ops.faults import pause_point
 from tierfs.storage.backing import Backing, FileKey
-from tierfs.storage.catalog import Replica, ReplicaState
 from tierfs.storage.mover.context import ModelFile, MoverContext
 from tierfs.storage.mover.jobs import JobBook
 from tierfs.storage.mover.transfer import copy_claimed
+from tierfs.storage.records import Replica, ReplicaState
 from tierfs.storage.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)

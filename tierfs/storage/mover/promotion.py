@@ -25,12 +25,12 @@ from tierfs.errors import TierError, TierfsError
 from tierfs.namespace.merge import Kind
 from tierfs.namespace.models import Model
 from tierfs.states import JobState
-from tierfs.storage.catalog import ReplicaState
 from tierfs.storage.copier import CopyCancelled
 from tierfs.storage.mover.context import ModelFile, MoverContext
 from tierfs.storage.mover.eviction import Evictor
 from tierfs.storage.mover.jobs import Job, JobBook
 from tierfs.storage.mover.transfer import copy_claimed
+from tierfs.storage.records import ReplicaState
 from tierfs.storage.tiers import Tier
 
 log = logging.getLogger(__name__)
