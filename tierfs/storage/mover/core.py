@@ -27,6 +27,7 @@ from tierfs.storage.events import ColdChanged, FileOpened, StorageEvent, consume
 from tierfs.storage.mover.context import MoverContext
 from tierfs.storage.mover.eviction import Evictor
 from tierfs.storage.mover.jobs import Job, JobBook
+from tierfs.storage.mover.pins import Pins
 from tierfs.storage.mover.policy import PromoteOnOpen
 from tierfs.storage.mover.promotion import Promoter
 from tierfs.storage.placement import Placement
@@ -60,7 +61,8 @@ class Mover:
         self.tiers = self.ctx.tiers
         self._jobs = JobBook()
         copy_limiter = trio.CapacityLimiter(config.policy.max_parallel_copies)
-        self._evictor = Evictor(self.ctx, self._jobs, copy_limiter)
+        self._pins = Pins(self.ctx)
+        self._evictor = Evictor(self.ctx, self._jobs, self._pins, copy_limiter)
         self._promoter = Promoter(self.ctx, self._jobs, self._evictor, copy_limiter)
         self._on_open = PromoteOnOpen(self.ctx, self._jobs, self._evictor.last_demoted)
         self._nursery: trio.Nursery | None = None
@@ -80,7 +82,7 @@ class Mover:
                 channel = ctx.placement.events.subscribe(FileOpened, ColdChanged)
                 await nursery.start(consume, channel, self._on_storage_event)
                 task_status.started()
-                for model, tier in (await ctx.db(ctx.catalog.pins)).items():
+                for model, tier in (await self._pins.all()).items():
                     try:
                         await self.promote(model, tier, reason="pinned")
                     except TierfsError as exc:
@@ -204,7 +206,7 @@ class Mover:
         model = await self.model(name)
         if tier_name:
             self.tier(tier_name)
-        await self.ctx.db(self.ctx.catalog.pin, model.name, tier_name)
+        await self._pins.add(model.name, tier_name)
         return await self.promote(model.name, tier_name, reason="pinned")
 
     async def unpin(self, name: str) -> bool:
@@ -214,7 +216,7 @@ class Mover:
             ModelNotFoundError.
         """
         model = await self.model(name)
-        return bool(await self.ctx.db(self.ctx.catalog.unpin, model.name))
+        return await self._pins.remove(model.name)
 
     # Status -----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from tierfs.ops.faults import pause_point
 from tierfs.storage.backing import Backing, FileKey
 from tierfs.storage.mover.context import ModelFile, MoverContext
 from tierfs.storage.mover.jobs import JobBook
+from tierfs.storage.mover.pins import Pins
 from tierfs.storage.mover.transfer import copy_claimed
 from tierfs.storage.records import Replica, ReplicaState
 from tierfs.storage.tiers import Tier, unlink_quietly
@@ -34,12 +35,16 @@ class Evictor:
     Args:
         ctx: the mover's shared parts.
         jobs: promotions running (their models are never evicted).
+        pins: pinned models (never evicted either).
         copy_limiter: bounds the copies of fill-first moves, with the promotions'.
     """
 
-    def __init__(self, ctx: MoverContext, jobs: JobBook, copy_limiter: trio.CapacityLimiter):
+    def __init__(
+        self, ctx: MoverContext, jobs: JobBook, pins: Pins, copy_limiter: trio.CapacityLimiter
+    ) -> None:
         self.ctx = ctx
         self.jobs = jobs
+        self.pins = pins
         self.copy_limiter = copy_limiter
         self.last_demoted: dict[str, float] = {}
 
@@ -80,7 +85,7 @@ class Evictor:
         target = capacity * policy.low_watermark
         if needed > capacity:
             return False
-        pins = await self.ctx.db(self.ctx.catalog.pins)
+        pins = await self.pins.all()
         victims = await self.eviction_order(tier, exclude={protect, *pins})
         if used - await self.reclaimable(tier, victims, pins) + needed > capacity:
             return False  # hopeless even with every victim gone: evict nothing for it
@@ -107,7 +112,7 @@ class Evictor:
         self, tier: Tier, victims: list[Model], pins: dict[str, str | None]
     ) -> int:
         """Bytes that demoting every victim from `tier` would free (see `demote_files`)."""
-        keep = await self._kept_by_pins(pins, besides=None)
+        keep = await self.pins.kept_files(pins, besides=None)
         counted: set[int] = set()
         total = 0
         for victim in victims:
@@ -141,21 +146,13 @@ class Evictor:
             scored.append((last, model.name, model))
         return [model for _, _, model in sorted(scored)]
 
-    async def _kept_by_pins(self, pins: dict[str, str | None], besides: str | None) -> set[str]:
-        """Files of pinned models (other than `besides`): they stay hot."""
-        keep: set[str] = set()
-        for model in (await self.ctx.inventory()).models:
-            if model.name != besides and model.name in pins:
-                keep.update(model.files)
-        return keep
-
     async def demote_files(self, model: Model, *, tier: Tier | None, reason: str) -> int:
         """Remove a model's hot copies (on `tier`, or everywhere); returns the bytes freed.
 
         Files shared with a pinned model (Ollama blobs) stay hot.
         """
-        pins = await self.ctx.db(self.ctx.catalog.pins)
-        keep = await self._kept_by_pins(pins, besides=model.name)
+        pins = await self.pins.all()
+        keep = await self.pins.kept_files(pins, besides=model.name)
         freed = 0
         for relpath in model.files:
             if relpath in keep:
