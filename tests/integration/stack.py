@@ -13,6 +13,7 @@ requests the kernel would send, answered by the same code.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, cast
 
 import pyfuse3
 import trio
+import xxhash
 
 from tierfs.config import Config, config_from_dict
 from tierfs.daemon.service import Daemon, DaemonControl
@@ -30,6 +32,7 @@ from tierfs.namespace.merge import ColdStore, Namespace
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.placement import Placement
+from tierfs.storage.records import ReplicaState
 from tierfs.storage.tiers import HOT_DIR, TMP_DIR, Tier
 
 
@@ -156,3 +159,45 @@ async def read_file(stack: Stack, relpath: str) -> tuple[pyfuse3.FileInfo, bytes
         chunks.append(await stack.operations.read(info.fh, offset, 1 << 20))
     await stack.operations.release(info.fh)
     return info, b"".join(chunks)
+
+
+MiB = 1 << 20
+
+
+def xxh(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def cold_file(base: Path, relpath: str, size: int, seed: int) -> bytes:
+    data = random.Random(seed).randbytes(size)
+    path = base / "cold" / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def hot_models(stack: Stack) -> dict[str, str]:
+    """relpath -> xxh3 of its hot copy, for every file the catalog calls hot."""
+    records = {r.id: r for r in stack.catalog.files()}
+    return {
+        records[r.file_id].relpath: xxh(Path(r.path).read_bytes())
+        for r in stack.catalog.replicas()
+        if r.state is ReplicaState.HOT
+    }
+
+
+async def promote(stack: Stack, name: str) -> None:
+    job = await stack.mover.promote(name, reason="command")
+    await job.ended.wait()
+    assert str(job.state) == "done", job.error
+
+
+def hot_copies(stack: Stack) -> dict[str, dict[str, str]]:
+    """relpath -> {tier: xxh3 of the copy there}, for every replica the catalog calls hot."""
+    records = {r.id: r for r in stack.catalog.files()}
+    out: dict[str, dict[str, str]] = {}
+    for r in stack.catalog.replicas():
+        if r.state is ReplicaState.HOT:
+            copies = out.setdefault(records[r.file_id].relpath, {})
+            copies[r.tier] = xxh(Path(r.path).read_bytes())
+    return out

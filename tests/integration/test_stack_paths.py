@@ -6,49 +6,26 @@ in milliseconds, with the bytes checked by xxh3.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-import xxhash
 
-from tests.integration.stack import Stack, open_file, running_stack, stack_config
+from tests.integration.stack import (
+    MiB,
+    Stack,
+    cold_file,
+    hot_models,
+    open_file,
+    promote,
+    running_stack,
+    stack_config,
+    xxh,
+)
 from tierfs.fuse.readpath import OpenFile
 from tierfs.storage.backing import Backing
-from tierfs.storage.records import ReplicaState
-
-MiB = 1 << 20
-
-
-def xxh(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-def cold_file(base: Path, relpath: str, size: int, seed: int) -> bytes:
-    data = random.Random(seed).randbytes(size)
-    path = base / "cold" / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
-
-
-def hot_models(stack: Stack) -> dict[str, str]:
-    """relpath -> xxh3 of its hot copy, for every file the catalog calls hot."""
-    records = {r.id: r for r in stack.catalog.files()}
-    return {
-        records[r.file_id].relpath: xxh(Path(r.path).read_bytes())
-        for r in stack.catalog.replicas()
-        if r.state is ReplicaState.HOT
-    }
-
-
-async def promote(stack: Stack, name: str) -> None:
-    job = await stack.mover.promote(name, reason="command")
-    await job.ended.wait()
-    assert str(job.state) == "done", job.error
 
 
 async def open_and_read(stack: Stack, relpath: str) -> tuple[Backing, bytes]:
