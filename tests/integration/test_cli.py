@@ -489,6 +489,18 @@ def test_status_over_empty_store_says_no_models(tmp_path: Path, cold: Path) -> N
     assert data["tiers"] == [] and data["jobs"] == []
 
 
+def test_status_names_the_placement_strategy_in_json_and_text(tmp_path: Path, cold: Path) -> None:
+    config = status_config(tmp_path, cold)
+    assert json.loads(tierfs_cli("status", "--json", "-c", str(config)).stdout)["strategy"] == (
+        "fastest-fit"
+    )
+    config.write_text(config.read_text() + '\n[placement]\nstrategy = "fill-first"\n')
+    assert json.loads(tierfs_cli("status", "--json", "-c", str(config)).stdout)["strategy"] == (
+        "fill-first"
+    )
+    assert "placement strategy: fill-first" in tierfs_cli("status", "-c", str(config)).stdout
+
+
 def test_cli_start_up_imports_neither_pydantic_nor_an_http_library() -> None:
     # `tierfs --version` and every command pay for what the CLI imports before it runs.
     probe = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.integration.stack import (
@@ -21,6 +22,7 @@ from tests.integration.stack import (
     stack_config,
     xxh,
 )
+from tierfs.errors import ConfigError
 
 # Watermarks at 1.0 keep the arithmetic plain: a tier has room while its bytes fit.
 FULL = {"high_watermark": 1.0, "low_watermark": 1.0}
@@ -184,8 +186,11 @@ def test_the_strategy_can_change_while_mounted_and_a_named_tier_overrides_it(
 
     async def main() -> None:
         async with running_stack(config) as stack:
+            assert (await stack.control.status())["strategy"] == "fastest-fit"
             stack.mover.set_strategy("round-robin")
-            assert stack.mover.strategy == "round-robin"
+            assert (await stack.control.status())["strategy"] == "round-robin"
+            with pytest.raises(ConfigError, match="'widest-fit'"):
+                stack.mover.set_strategy("widest-fit")
             await promote(stack, "a.safetensors")
             await promote(stack, "b.safetensors")
             job = await stack.mover.promote("c.safetensors", "ram1", reason="command")

@@ -135,6 +135,7 @@ def build_report(
         "mountpoint": str(config.mountpoint),
         "cold": [{"name": c.name, "path": str(c.path)} for c in config.cold],
         "tiers": tier_rows(config, catalog.tier_usage()),
+        "strategy": config.placement.strategy,
         "models": models,
         "jobs": jobs,
         "conflicts": [

@@ -418,6 +418,8 @@ class DaemonControl:
             )
         )
         report["reads"] = d.operations.stats()
+        # Changed while mounted, the strategy in use is the mover's.
+        report["strategy"] = d.mover.strategy
         return dict(report)
 
     def jobs(self) -> list[dict[str, Any]]:
