@@ -158,7 +158,7 @@ class PolicyConfig(_Strict):
 
 
 class PlacementConfig(_Strict):
-    """Which tier a promotion goes to when none is named (see docs/architecture.md)."""
+    """Which tier a promotion goes to when none is named (README: placement strategies)."""
 
     # fastest-fit: the fastest tier with room now; evict only when none has room.
     # fill-first: the fastest tier that can hold it, evicting its LRU models down a tier.
