@@ -119,7 +119,10 @@ class TierfsOperations(pyfuse3.Operations):
             return
         store, relpath = event.key
         try:
-            node = await self._ns(self.namespace.resolve, relpath)
+            # Not through `_ns`: that may publish events itself, and wait on this task.
+            node = await trio.to_thread.run_sync(
+                self.namespace.resolve, relpath, limiter=self._ns_limiter
+            )
         except TierfsError:
             return
         if node.kind is Kind.FILE and node.store == store:

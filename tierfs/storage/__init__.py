@@ -18,6 +18,7 @@ Who changes what:
   `CopyWithdrawn`. The mover subscribes to the first two and handles them in its own
   task (promotion on open; deleting a changed file's copies); the FUSE operations
   subscribe to `CopyWithdrawn` (the kernel's cached pages of it must go). Nobody plants a
-  callback into another object. `events.settled()` waits until every subscriber has
-  handled what was published before it (fsck returns only once stale pages are gone).
+  callback into another object. `events.settled()` waits until the subscribers have
+  handled what was published before it: the request that found a changed cold file is
+  answered once its copies are deleted, and fsck once stale pages are forgotten.
 """

@@ -95,10 +95,13 @@ class StorageEvents:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove(sub)
 
-    async def settled(self) -> None:
-        """Return once every subscriber has handled all that was published before."""
+    async def settled(self, *kinds: type[StorageEvent]) -> None:
+        """Return once every subscriber (to any of `kinds`, if given) has handled all that
+        was published before."""
         barriers = []
         for sub in list(self._subscribers):
+            if kinds and not set(kinds) & set(sub.kinds):
+                continue
             barrier = _Barrier()
             try:
                 await sub.send.send(barrier)

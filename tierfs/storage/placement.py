@@ -145,11 +145,16 @@ class Placement:
         return record.xxh3 if record else None
 
     async def cold_changed(self, node: Node) -> None:
-        """A cold file changed underneath: stop serving any copy of its old bytes."""
+        """A cold file changed underneath: stop serving any copy of its old bytes.
+
+        Returns once the subscribers have acted on it (the mover deleted the copies), so
+        the change is complete when the request that found it is answered.
+        """
         key = (node.store, node.relpath)
         self.withdraw(key)
         await self._sync_record(node)
         await self.events.publish(ColdChanged(key))
+        await self.events.settled(ColdChanged)
 
     async def _sync_record(self, node: Node) -> None:
         record = await trio.to_thread.run_sync(
