@@ -7,6 +7,7 @@ xxh3 against its cold bytes. The real-mount proof is tests/fuse/test_tiers_strat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -25,7 +26,7 @@ from tests.integration.stack import (
 from tierfs.errors import ConfigError
 
 # Watermarks at 1.0 keep the arithmetic plain: a tier has room while its bytes fit.
-FULL = {"high_watermark": 1.0, "low_watermark": 1.0}
+FULL: dict[str, Any] = {"high_watermark": 1.0, "low_watermark": 1.0}
 
 
 def models(base: Path, names: str, size: int = MiB) -> dict[str, str]:
