@@ -144,10 +144,23 @@ async def running_stack(config: Config, push: PushFn | None = None) -> AsyncIter
 
 async def open_file(stack: Stack, relpath: str) -> pyfuse3.FileInfo:
     """Open a file through the operations, as the kernel would (a lookup, then an open)."""
+    inode = await lookup_path(stack, relpath)
+    return await stack.operations.open(inode, os.O_RDONLY, pyfuse3.RequestContext())
+
+
+async def lookup_path(stack: Stack, relpath: str) -> int:
+    """The inode of a path, looked up name by name through the operations."""
     inode = pyfuse3.ROOT_INODE
     for name in relpath.split("/"):
         inode = (await stack.operations.lookup(inode, name.encode())).st_ino
-    return await stack.operations.open(inode, os.O_RDONLY, pyfuse3.RequestContext())
+    return inode
+
+
+async def tier_xattr(stack: Stack, relpath: str) -> str:
+    """The ``user.tierfs.tier`` the operations answer for a file (the loader's contract)."""
+    inode = await lookup_path(stack, relpath)
+    value = await stack.operations.getxattr(inode, b"user.tierfs.tier", pyfuse3.RequestContext())
+    return value.decode()
 
 
 async def read_file(stack: Stack, relpath: str) -> tuple[pyfuse3.FileInfo, bytes]:

@@ -27,7 +27,8 @@ from tests.integration.stack import (
 def test_a_cold_file_changed_underneath_stops_serving_its_copy_which_the_mover_deletes(
     tmp_path: Path,
 ) -> None:
-    config = stack_config(tmp_path)
+    # No promotion on open: the new bytes would start being copied in at once.
+    config = stack_config(tmp_path, promote_on_open=False)
     old = cold_file(tmp_path, "m.safetensors", MiB, 1)
 
     async def main() -> None:
@@ -53,7 +54,7 @@ def test_a_cold_file_changed_underneath_stops_serving_its_copy_which_the_mover_d
 def test_fsck_returns_only_once_the_kernel_forgot_the_pages_of_a_corrupt_copy(
     tmp_path: Path,
 ) -> None:
-    config = stack_config(tmp_path)
+    config = stack_config(tmp_path, promote_on_open=False)
     data = cold_file(tmp_path, "m.safetensors", MiB, 3)
 
     async def main() -> None:

@@ -21,12 +21,14 @@ from tests.integration.stack import (
     read_file,
     running_stack,
     stack_config,
+    tier_xattr,
     xxh,
 )
 from tierfs.errors import ConfigError
 
-# Watermarks at 1.0 keep the arithmetic plain: a tier has room while its bytes fit.
-FULL: dict[str, Any] = {"high_watermark": 1.0, "low_watermark": 1.0}
+# Watermarks at 1.0 keep the arithmetic plain: a tier has room while its bytes fit. Only
+# the tests promote: reads for the LRU must not start promotions of their own.
+FULL: dict[str, Any] = {"high_watermark": 1.0, "low_watermark": 1.0, "promote_on_open": False}
 
 
 def models(base: Path, names: str, size: int = MiB) -> dict[str, str]:
@@ -115,8 +117,7 @@ def test_fill_first_gives_the_newest_model_the_fastest_tier_and_moves_the_evicte
             # New opens of a are served from its copy on ram1, with its own bytes.
             _, data = await read_file(stack, "a.safetensors")
             assert xxh(data) == want["a.safetensors"]
-            node = stack.namespace.resolve("a.safetensors")
-            assert stack.placement.serving(node).tier == "ram1"
+            assert await tier_xattr(stack, "a.safetensors") == "ram1"
             await touch(stack, "c.safetensors")
             await promote(stack, "d.safetensors")  # b moves down; ram1 is then full
             await touch(stack, "d.safetensors")
