@@ -204,3 +204,27 @@ def test_the_strategy_can_change_while_mounted_and_a_named_tier_overrides_it(
             }
 
     trio.run(main)
+
+
+def test_a_file_evicted_from_one_tier_is_served_from_its_copy_on_another(
+    tmp_path: Path,
+) -> None:
+    config = stack_config(tmp_path, tiers=[2 * MiB, 2 * MiB], **FULL)
+    want = models(tmp_path, "abcd")
+
+    async def main() -> None:
+        async with running_stack(config) as stack:
+            for tier in ("ram1", "ram0"):  # a on both tiers, by hand
+                job = await stack.mover.promote("a.safetensors", tier, reason="command")
+                await job.ended.wait()
+            assert await tier_xattr(stack, "a.safetensors") == "ram0"
+            await promote(stack, "b.safetensors")  # ram0 is full
+            await promote(stack, "c.safetensors")  # ram1 is full
+            await touch(stack, "b.safetensors")
+            await promote(stack, "d.safetensors")  # evicts a, ram0's LRU, from ram0 only
+            assert hot_copies(stack)["a.safetensors"] == {"ram1": want["a.safetensors"]}
+            assert await tier_xattr(stack, "a.safetensors") == "ram1"
+            _, data = await read_file(stack, "a.safetensors")
+            assert xxh(data) == want["a.safetensors"]
+
+    trio.run(main)

@@ -184,7 +184,23 @@ class Evictor:
             await trio.to_thread.run_sync(pause_point, "evict_marked")
             await trio.to_thread.run_sync(unlink_quietly, Path(replica.path))
             await self.ctx.db(self.ctx.catalog.drop_replica, replica.file_id, replica.tier)
+        await self._serve_another(key, replica.file_id)
         return replica.size
+
+    async def _serve_another(self, key: FileKey, file_id: int) -> None:
+        """A file still hot on another tier is served from there (the fastest such copy)."""
+        if self.ctx.placement.hot_backing(key) is not None:
+            return
+        rank = {t.name: i for i, t in enumerate(self.ctx.tiers)}
+        hot = [
+            r
+            for r in await self.ctx.db(self.ctx.catalog.replicas, file_id)
+            if r.state is ReplicaState.HOT and r.tier in rank
+        ]
+        record = await self.ctx.db(self.ctx.catalog.file, file_id)
+        if hot and record is not None:
+            best = min(hot, key=lambda r: rank[r.tier])
+            self.ctx.placement.serve(record, Backing(best.tier, Path(best.path)))
 
     async def drop_changed(self, key: FileKey) -> None:
         """Delete the copies of a cold file that changed underneath (the catalog marked
@@ -200,6 +216,8 @@ class Evictor:
         """Copy a victim's verified copies on `tier` to the next slower tier with room.
 
         Nothing is evicted there for it: a victim no slower tier can take goes to cold.
+        Runs under the space lock, like the decision it serves, so that the room found on
+        the slower tier is still there when the copies are claimed.
         """
         files: list[tuple[ModelFile, Replica]] = []
         for relpath in victim.files:
