@@ -188,7 +188,7 @@ def test_reads_stay_right_while_models_churn(
     jobs = Counter(j["state"] for j in status["jobs"])
     log = mount.log_text()
     evictions = log.count(" to make room for ")
-    demotions = log.count("tierfs.storage.mover: demoted ")
+    demotions = log.count("tierfs.storage.mover.core: demoted ")
     print(f"churn: {dict(counts)}; jobs {dict(jobs)}; {evictions} evictions, {demotions} demotions")
     # A job fails only for want of room: evicted copies held open keep their tmpfs pages.
     for job in status["jobs"]:

@@ -34,7 +34,8 @@ class _Access:
 
 
 class Placement:
-    """Resolve backing copies and gather access statistics.
+    """The replica registry: the copy serving each file, the catalog's records of files,
+    and their access statistics; it publishes what it sees on `events`.
 
     Args:
         catalog: where hashes and hot replicas are read from and access statistics go.
