@@ -22,7 +22,8 @@ from tierfs import xattrs
 from tierfs.errors import TierfsError
 from tierfs.fuse.passthrough import ReadMode, ReadModeInfo
 from tierfs.fuse.readpath import ReadPath
-from tierfs.namespace.merge import ROOT_INODE, Kind, Namespace, Node
+from tierfs.namespace.merge import Namespace
+from tierfs.namespace.nodes import ROOT_INODE, Kind, Node
 from tierfs.storage.placement import Placement
 
 log = logging.getLogger(__name__)
