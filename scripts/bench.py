@@ -33,7 +33,10 @@ DOC = REPO / "docs" / "benchmarks.md"
 sys.path.insert(0, str(REPO))
 
 from tierfs.config import parse_size  # noqa: E402
-from tierfs.daemon.service import SERVING, is_tierfs, lazy_unmount, mount_entry  # noqa: E402
+from tierfs.daemon.mounting import lazy_unmount  # noqa: E402
+from tierfs.daemon.spawn import start_daemon  # noqa: E402
+from tierfs.errors import MountError  # noqa: E402
+from tierfs.mountinfo import mount_entry  # noqa: E402
 
 GB = 1e9
 
@@ -159,22 +162,13 @@ class TierfsMount:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> TierfsMount:
-        self.start = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tierfs", "mount", "-f", "-c", str(self.config)],
-                stdout=out,
-                stderr=out,
-                cwd=self.tree,
+        # Only once the daemon serves is the readahead raised.
+        try:
+            self.process = start_daemon(
+                self.config, self.mountpoint, self.log, timeout=30, cwd=self.tree
             )
-        deadline = time.monotonic() + 30
-        # Wait for the daemon's "serving" line: only then is the readahead raised.
-        while f"{SERVING} {self.mountpoint}" not in self.log.read_text(errors="replace")[
-            self.start :
-        ] or not is_tierfs(mount_entry(self.mountpoint)):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"tierfs did not mount; see {self.log}")
-            time.sleep(0.05)
+        except MountError as exc:
+            raise SystemExit(f"{exc}; see {self.log}") from None
         # Let the daemon finish its start-up scan: a first read in service comes later.
         time.sleep(SETTLE_S)
         return self

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, file_hash, wait_until, xxh
-from tests.fuse.conftest import run_cli as cli
+from tests.fuse.mounting import Mount, file_hash, wait_until, xxh
+from tests.fuse.mounting import run_cli as cli
 from tierfs.control.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[2]

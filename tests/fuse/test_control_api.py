@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
     TIER,
@@ -22,6 +21,7 @@ from tests.fuse.crashutil import (
     read_through,
     xxh,
 )
+from tests.fuse.mounting import Mount, MountFactory
 from tests.fuse.tierutil import cli_ok
 
 pytestmark = [pytest.mark.timeout(90)]

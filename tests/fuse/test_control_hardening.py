@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuse import controlprobe as cp
-from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
     TierDirs,
@@ -22,6 +21,7 @@ from tests.fuse.crashutil import (
     read_through,
     xxh,
 )
+from tests.fuse.mounting import Mount, MountFactory
 from tierfs.storage.mover import JOB_HISTORY
 
 pytestmark = [pytest.mark.timeout(300)]

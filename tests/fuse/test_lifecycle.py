@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.fuse.conftest import Mount, MountFactory, file_hash, wait_until, write_config
-from tierfs.daemon.service import is_tierfs, lazy_unmount
+from tests.fuse.mounting import Mount, MountFactory, file_hash, wait_until, write_config
+from tierfs.daemon.mounting import is_tierfs, lazy_unmount
 from tierfs.mountinfo import MountEntry, mount_entry, read_mounts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, MountFactory, write_config
+from tests.fuse.mounting import Mount, MountFactory, write_config
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard

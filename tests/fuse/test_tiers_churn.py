@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
     MiB,
@@ -31,6 +30,7 @@ from tests.fuse.crashutil import (
     control,
     manual_tier_toml,
 )
+from tests.fuse.mounting import MountFactory
 from tests.fuse.tierutil import write_random
 from tierfs.errors import ControlError
 

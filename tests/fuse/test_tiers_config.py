@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, MountFactory
+from tests.fuse.mounting import Mount, MountFactory
 from tierfs.config import config_from_dict
 from tierfs.daemon.service import Daemon
 from tierfs.daemon.statedir import StateDir

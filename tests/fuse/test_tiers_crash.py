@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
     ROOT,
@@ -38,6 +37,7 @@ from tests.fuse.crashutil import (
     wait_for_log,
     xxh,
 )
+from tests.fuse.mounting import Mount, MountFactory
 from tests.fuse.tierutil import cli_ok, promote_wait
 from tierfs.errors import ControlError
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory, wait_until
 from tests.fuse.crashutil import (
     HF_MODEL,
     ROOT,
@@ -38,6 +37,7 @@ from tests.fuse.crashutil import (
     wait_for_log,
     xxh,
 )
+from tests.fuse.mounting import Mount, MountFactory, wait_until
 from tests.fuse.tierutil import promote_wait, write_random
 from tierfs.mountinfo import mount_entry
 

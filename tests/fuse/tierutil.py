@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.fuse.conftest import file_hash, xxh
-from tests.fuse.conftest import run_cli as cli
+from tests.fuse.mounting import file_hash, xxh
+from tests.fuse.mounting import run_cli as cli
 from tierfs.control.client import ControlClient
 from tierfs.mountinfo import read_mounts
 

@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.fuse.conftest import Mount
 from tests.fuse.crashutil import restart
+from tests.fuse.mounting import Mount
 from tests.soak import junk
 from tests.soak.reader import in_outage
 from tests.soak.world import World, hash_uncached
