@@ -499,3 +499,24 @@ def test_cli_start_up_imports_neither_pydantic_nor_an_http_library() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_help_status_and_the_demo_package_import_no_tensor_library(
+    tmp_path: Path, cold: Path
+) -> None:
+    # The demo's writers need torch, numpy and gguf; the rest of the CLI must not pay for them.
+    config = status_config(tmp_path, cold)
+    probe = (
+        "import sys; from typer.testing import CliRunner; "
+        "from tierfs.control.cli import app; import tierfs.ops.demo; "
+        "runner = CliRunner(); "
+        "assert runner.invoke(app, ['--help']).exit_code == 0; "
+        "assert runner.invoke(app, ['demo', '--help']).exit_code == 0; "
+        f"result = runner.invoke(app, ['status', '-c', {str(config)!r}]); "
+        "assert result.exit_code == 0, result.output; "
+        "print(sorted(m for m in ('torch', 'numpy', 'gguf', 'safetensors') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout

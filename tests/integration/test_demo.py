@@ -29,10 +29,10 @@ from tierfs.ops.demo import (
     DemoError,
     DemoStore,
     build_demo_store,
-    git_blob_sha1,
-    llama_state_dict,
-    spm_vocab,
 )
+from tierfs.ops.demo.gguf_writer import spm_vocab
+from tierfs.ops.demo.hub import git_blob_sha1
+from tierfs.ops.demo.weights import llama_state_dict
 
 
 @pytest.fixture(scope="module")
