@@ -16,9 +16,10 @@ import pytest
 from tests.fuse import tierutil as tu
 from tests.fuse.mounting import Mount, MountFactory
 from tierfs.config import config_from_dict
+from tierfs.daemon import service
 from tierfs.daemon.service import Daemon
 from tierfs.daemon.statedir import StateDir
-from tierfs.errors import NamespaceError
+from tierfs.errors import NamespaceError, TierError
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard
@@ -285,5 +286,33 @@ def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
     shutil.rmtree(cold_store)
     with pytest.raises(NamespaceError, match="cold store 'c'"):
         Daemon(config)
+    assert not tu.mounts_under(tmp_path), "the refused start left its tier tmpfs mounted"
+    StateDir(config.state_dir, "test").close()  # the lock was released
+
+
+def test_a_start_refused_after_the_tiers_are_mounted_leaves_no_tier_tmpfs_behind(
+    tier_guard: Path, cold_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cold_model(cold_store)
+    (tmp_path / "mnt").mkdir()
+    config = config_from_dict(
+        {
+            "mountpoint": str(tmp_path / "mnt"),
+            "state_dir": str(tmp_path / "state"),
+            "cold": [{"name": "c", "path": str(cold_store)}],
+            "tier": [{"name": "ram0", "path": str(tier_guard / "ram0"), "size": "64M"}],
+        }
+    )
+    mounted: list[bool] = []
+
+    def refuse(*args: object) -> None:
+        # The tier tmpfs is mounted by now: the cleanup has something to undo.
+        mounted.append(bool(tu.mounts_under(tmp_path)))
+        raise TierError("refused after the tiers", path=str(tier_guard / "ram0"))
+
+    monkeypatch.setattr(service, "Mover", refuse)
+    with pytest.raises(TierError, match="refused after the tiers"):
+        service.Daemon(config)
+    assert mounted == [True]
     assert not tu.mounts_under(tmp_path), "the refused start left its tier tmpfs mounted"
     StateDir(config.state_dir, "test").close()  # the lock was released

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyfuse3
@@ -62,26 +63,22 @@ class Daemon:
         # First, so that a tierfs already serving here is named as such rather than as
         # the holder of the state lock, and a refusal mounts no tier tmpfs.
         prepare_mountpoint(config.mountpoint)
-        self.state = StateDir(config.state_dir, "tierfs mount")
-        try:
-            # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
+        with ExitStack() as undo:
+            # A refused start leaves nothing behind: no lock, no open catalog, no tier tmpfs.
+            self.state = StateDir(config.state_dir, "tierfs mount")
+            undo.callback(self.state.close)
             self.catalog = Catalog(config.catalog_path)
-        except BaseException:
-            self.state.close()
-            raise
-        try:
-            # The cold stores before the tiers, for the same reason.
+            undo.callback(self.catalog.close)
+            # Whatever may still refuse the start comes before the tiers, which mount tmpfs.
             self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
+            self.placement = Placement(self.catalog)
+            self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
+            self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
             self.tiers = prepare_tiers(config.tier)
-        except BaseException:
-            self.catalog.close()
-            self.state.close()
-            raise
-        self.placement = Placement(self.catalog)
-        self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
-        self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
-        self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
-        self.control = DaemonControl(self)
+            undo.callback(release_fresh_tiers, self.tiers)
+            self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
+            self.control = DaemonControl(self)
+            undo.pop_all()
         self._mounted = False
         # Set when `require`d passthrough turned out unavailable after FUSE init.
         self._refused: MountError | None = None
