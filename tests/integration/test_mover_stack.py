@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from tests.integration.stack import running_stack, stack_config
+from tierfs.control.status import offline_report
 
 
 def test_a_model_that_vanishes_before_its_promotion_on_open_leaves_the_mover_running(
@@ -126,3 +127,26 @@ def test_concurrent_scrapes_read_the_catalog_one_at_a_time(
 
     trio.run(main)
     assert most == 1
+
+
+def test_status_without_a_mount_shows_the_last_access_the_catalog_recorded(
+    tmp_path: Path,
+) -> None:
+    config = stack_config(tmp_path)
+    for name in ("m", "other"):
+        (tmp_path / "cold" / name).mkdir()
+        (tmp_path / "cold" / name / "a.safetensors").write_bytes(b"x" * 4096)
+    opened_at = time.time()
+
+    async def main() -> None:
+        async with running_stack(config) as stack:
+            node = stack.namespace.resolve("m/a.safetensors")
+            handle = await stack.placement.open(node, stack.readpath)
+            await stack.readpath.release(handle.fh)
+            await stack.placement.flush_access()
+
+    trio.run(main)
+    report = offline_report(config)
+    accessed = {m["name"]: m["last_access"] for m in report["models"]}
+    assert accessed["other/a.safetensors"] is None
+    assert accessed["m/a.safetensors"] is not None and accessed["m/a.safetensors"] >= opened_at
