@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import string
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import gguf
 import numpy as np
 import torch
 
-from tierfs.ops.demo.layout import TinyLlamaShape
+from tierfs.ops.demo.layout import DemoError, TinyLlamaShape
 
 _SPM_SPACE = "\u2581"  # sentencepiece's word-boundary marker
 _COMMON_WORDS = (
@@ -33,6 +34,9 @@ def spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
 
     Returns:
         (tokens, scores, token types) of length ``size``.
+
+    Raises:
+        DemoError: ``size`` is too small for the byte tokens and the pieces.
     """
     tokens = ["<unk>", "<s>", "</s>"]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
@@ -52,7 +56,7 @@ def spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
                 pieces.append(candidate)
     pieces = list(dict.fromkeys(pieces))[: size - len(tokens)]
     if len(tokens) + len(pieces) != size:
-        raise ValueError(f"cannot build a {size}-token vocabulary")
+        raise DemoError(f"cannot build a {size}-token vocabulary", errno=errno.EINVAL)
     scores = [0.0] * len(tokens) + [-float(n) for n in range(len(pieces))]
     tokens += pieces
     types += [gguf.TokenType.NORMAL] * len(pieces)
