@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import xxhash
@@ -25,6 +26,8 @@ from tierfs.daemon.mounting import lazy_unmount
 from tierfs.daemon.spawn import start_daemon
 from tierfs.errors import MountError
 from tierfs.mountinfo import mount_entry
+
+T = TypeVar("T")
 
 MOUNT_TIMEOUT_S = 30.0
 # The read mode every test mount gets unless a test names one: `[read] passthrough` as
@@ -162,15 +165,22 @@ def file_hash(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def wait_until(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll `predicate` until it is true, or fail the test naming `what`."""
-    assert callable(predicate)
+def wait_for(
+    probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `probe` until it returns something truthy, and return that.
+
+    Raises:
+        AssertionError: after `timeout` seconds, naming `what` and the last answer.
+    """
     deadline = time.monotonic() + timeout
+    last: T | None = None
     while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: {last!r}")
 
 
 def require_fuse() -> None:

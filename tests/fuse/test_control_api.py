@@ -18,7 +18,7 @@ from tests.fuse.crashutil import (
     TierDirs,
     build_hf_model,
     manual_tier_toml,
-    read_through,
+    mounted_bytes,
     xxh,
 )
 from tests.fuse.mounting import Mount, MountFactory
@@ -149,7 +149,7 @@ def test_job_progresses_to_done_and_metrics_follow(
 
     before = _parse_prometheus(http.get("/metrics").text)
     shard = f"{HF_MODEL}/model-00001-of-00002.safetensors"
-    data = read_through(api_mount.mountpoint, shard)
+    data = mounted_bytes(api_mount.mountpoint, shard)
     assert xxh(data) == xxh((cold_store / shard).read_bytes())
     response = http.get("/metrics")
     assert response.status_code == 200

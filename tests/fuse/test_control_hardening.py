@@ -18,7 +18,7 @@ from tests.fuse.crashutil import (
     TierDirs,
     build_hf_model,
     manual_tier_toml,
-    read_through,
+    mounted_bytes,
     xxh,
 )
 from tests.fuse.mounting import Mount, MountFactory
@@ -52,7 +52,7 @@ def rig(
 def _assert_serving(mount: Mount, cold: Path, hashes: dict[str, str]) -> None:
     assert mount.process is not None and mount.process.poll() is None, "the daemon died"
     for relpath, digest in hashes.items():
-        assert xxh(read_through(mount.mountpoint, relpath)) == digest
+        assert xxh(mounted_bytes(mount.mountpoint, relpath)) == digest
     answer = cp.exchange(
         mount.state_dir / "control.sock", cp.request_bytes("GET", "/api/status", b"")
     )

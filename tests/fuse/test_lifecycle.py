@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.fuse.mounting import Mount, MountFactory, file_hash, wait_until, write_config
+from tests.fuse.mounting import Mount, MountFactory, file_hash, wait_for, write_config
 from tierfs.daemon.mounting import is_tierfs, lazy_unmount
 from tierfs.mountinfo import MountEntry, mount_entry, read_mounts
 
@@ -190,13 +190,14 @@ def test_kill9_leaves_stale_mount_that_next_mount_recovers(
     # Mount.start() returns at once here (the stale entry looks mounted to it), so wait for
     # the new daemon's own verdict: it mounted, or it exited.
     m.start()
-    assert m.process is not None
-    wait_until(
-        lambda: m.process.poll() is not None or "tierfs.daemon.service: mounted " in new_log(),
+    process = m.process
+    assert process is not None
+    wait_for(
+        lambda: process.poll() is not None or "tierfs.daemon.service: mounted " in new_log(),
         30,
-        "the new daemon to mount or exit",
+        what="the new daemon to mount or exit",
     )
-    assert m.process.poll() is None, f"the new daemon did not recover the stale mount:\n{new_log()}"
+    assert process.poll() is None, f"the new daemon did not recover the stale mount:\n{new_log()}"
     assert re.search(r"WARNING.*stale", new_log()), new_log()
     assert str(m.mountpoint) in new_log()
     # Exactly one tierfs mount there now (the stale one was detached, not stacked under).
@@ -293,7 +294,7 @@ def test_mount_daemon_detaches_and_unmount_stops_it(
         proc = tierfs_cli("unmount", "-c", str(m.config))
         assert proc.returncode == 0, proc.stderr
         assert mount_entry(m.mountpoint) is None
-        wait_until(lambda: pid_gone(pid), 30, "the daemon to exit after unmount")
+        wait_for(lambda: pid_gone(pid), 30, what="the daemon to exit after unmount")
         log = (m.state_dir / "tierfs.log").read_text()
         assert "Traceback" not in log, log
     finally:
@@ -369,7 +370,7 @@ def test_file_removed_from_cold_store_no_longer_resolves_by_name(
     (cold_store / "models" / "b.gguf").unlink()
     assert sorted(os.listdir(mnt / "models")) == ["a"]
     # The daemon may tell the kernel asynchronously; a moment is fine, 300 s is not.
-    wait_until(lambda: not (mnt / "models" / "b.gguf").exists(), 3, "b.gguf to stop resolving")
+    wait_for(lambda: not (mnt / "models" / "b.gguf").exists(), 3, what="b.gguf to stop resolving")
 
 
 # -- merged stores ----------------------------------------------------------------------------
@@ -496,10 +497,10 @@ def test_readahead_of_mount_bdi_is_raised_to_configured_value(
     populate(cold_store)
     m = mount_factory([("c", cold_store)], extra=setting)
     # The daemon sets it right after mounting; give it a moment.
-    wait_until(
+    wait_for(
         lambda: bdi_read_ahead_kb(m.mountpoint) == expected_kb,
         5,
-        f"read_ahead_kb == {expected_kb} (is {bdi_read_ahead_kb(m.mountpoint)})",
+        what=f"read_ahead_kb == {expected_kb} (is {bdi_read_ahead_kb(m.mountpoint)})",
     )
 
 

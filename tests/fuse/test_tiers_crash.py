@@ -20,7 +20,6 @@ import pytest
 
 from tests.fuse.crashutil import (
     HF_MODEL,
-    ROOT,
     TIER,
     MiB,
     TierDirs,
@@ -37,7 +36,7 @@ from tests.fuse.crashutil import (
     wait_for_log,
     xxh,
 )
-from tests.fuse.mounting import Mount, MountFactory
+from tests.fuse.mounting import REPO_ROOT, Mount, MountFactory
 from tests.fuse.tierutil import cli_ok, promote_wait
 from tierfs.errors import ControlError
 
@@ -183,7 +182,7 @@ def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
 
     demote = subprocess.Popen(
         [sys.executable, "-m", "tierfs", "demote", HF_MODEL, "-c", str(mount.config)],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
