@@ -15,7 +15,7 @@ import pytest
 
 from tests.fuse import tierutil as tu
 from tests.fuse.mounting import Mount, MountFactory
-from tierfs.config import config_from_dict
+from tierfs.config import Config, config_from_dict
 from tierfs.daemon import service
 from tierfs.daemon.service import Daemon
 from tierfs.daemon.statedir import StateDir
@@ -269,12 +269,10 @@ def test_hot_copies_are_private_whatever_mode_the_tier_directory_has(
         assert probe.returncode != 0 and b"Permission denied" in probe.stderr, probe
 
 
-def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
-    tier_guard: Path, cold_store: Path, tmp_path: Path
-) -> None:
-    cold_model(cold_store)
+def daemon_config(tier_guard: Path, cold_store: Path, tmp_path: Path) -> Config:
+    """A config for a `Daemon` built in-process: one cold store, one 64 MiB tier."""
     (tmp_path / "mnt").mkdir()
-    config = config_from_dict(
+    return config_from_dict(
         {
             "mountpoint": str(tmp_path / "mnt"),
             "state_dir": str(tmp_path / "state"),
@@ -282,6 +280,13 @@ def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
             "tier": [{"name": "ram0", "path": str(tier_guard / "ram0"), "size": "64M"}],
         }
     )
+
+
+def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
+    tier_guard: Path, cold_store: Path, tmp_path: Path
+) -> None:
+    cold_model(cold_store)
+    config = daemon_config(tier_guard, cold_store, tmp_path)
     # Valid when read, gone when the daemon builds its namespace.
     shutil.rmtree(cold_store)
     with pytest.raises(NamespaceError, match="cold store 'c'"):
@@ -294,15 +299,7 @@ def test_a_start_refused_after_the_tiers_are_mounted_leaves_no_tier_tmpfs_behind
     tier_guard: Path, cold_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cold_model(cold_store)
-    (tmp_path / "mnt").mkdir()
-    config = config_from_dict(
-        {
-            "mountpoint": str(tmp_path / "mnt"),
-            "state_dir": str(tmp_path / "state"),
-            "cold": [{"name": "c", "path": str(cold_store)}],
-            "tier": [{"name": "ram0", "path": str(tier_guard / "ram0"), "size": "64M"}],
-        }
-    )
+    config = daemon_config(tier_guard, cold_store, tmp_path)
     mounted: list[bool] = []
 
     def refuse(*args: object) -> None:
