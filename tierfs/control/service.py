@@ -14,10 +14,10 @@ import trio
 from tierfs.config import Config
 from tierfs.control.metrics import MetricsTable, metrics_table
 from tierfs.control.status import build_report
+from tierfs.faults import pause_point
 from tierfs.fuse.operations import TierfsOperations
 from tierfs.fuse.readpath import ReadPath
 from tierfs.namespace.merge import Namespace
-from tierfs.ops.faults import pause_point
 from tierfs.ops.fsck import FsckReport, check
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover

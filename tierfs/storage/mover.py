@@ -25,11 +25,11 @@ import trio
 
 from tierfs.config import Config, format_size
 from tierfs.errors import TierError, TierfsError
+from tierfs.faults import pause_point
 from tierfs.fuse.readpath import Backing
 from tierfs.namespace.inventory import Inventory, take_inventory
 from tierfs.namespace.merge import Kind, Namespace, Node
 from tierfs.namespace.models import Model, find_model, models_by_file
-from tierfs.ops.faults import pause_point
 from tierfs.states import JobState
 from tierfs.storage.catalog import Catalog, FileRecord, Replica, ReplicaState
 from tierfs.storage.copier import CopyCancelled, CopyError, copy_file
