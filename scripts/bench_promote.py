@@ -23,6 +23,8 @@ from benchkit import (
     timed,
 )
 
+from tierfs.states import JobState
+
 
 @dataclass
 class PairRow:
@@ -112,7 +114,7 @@ def promote_rate(mount: TieredMount, model: str) -> float:
     """Promote a model and return the copy's GB/s as the daemon timed it (verify included)."""
     with mount.client() as client:
         job = client.promote(model, None)
-        while job["state"] in ("queued", "running"):
+        while JobState(job["state"]).active:
             time.sleep(0.05)
             job = client.job(job["id"])
         if job["state"] != "done":

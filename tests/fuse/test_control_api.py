@@ -23,6 +23,7 @@ from tests.fuse.crashutil import (
 )
 from tests.fuse.mounting import Mount, MountFactory
 from tests.fuse.tierutil import cli_ok
+from tierfs.states import JobState
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -133,7 +134,7 @@ def test_job_progresses_to_done_and_metrics_follow(
     assert job["model"] == HF_MODEL and job["tier"] == TIER
     seen = [job["state"]]
     deadline = time.monotonic() + 30
-    while job["state"] in ("queued", "running"):
+    while JobState(job["state"]).active:
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
         job = http.get(f"/api/jobs/{job['id']}").json()

@@ -22,6 +22,7 @@ from tests.fuse.crashutil import (
     xxh,
 )
 from tests.fuse.mounting import Mount, MountFactory
+from tierfs.states import JobState
 from tierfs.storage.mover import JOB_HISTORY
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -128,7 +129,7 @@ def test_the_job_history_stays_bounded(rig: tuple[Mount, dict[str, str]]) -> Non
     last = 0
     for _ in range(JOB_HISTORY + 20):
         job = cp.json_of(cp.exchange(sock, cp.request_bytes("POST", "/api/promote", body)))
-        while job["state"] in ("queued", "running"):
+        while JobState(str(job["state"])).active:
             job = cp.json_of(
                 cp.exchange(sock, cp.request_bytes("GET", f"/api/jobs/{job['id']}", b""))
             )

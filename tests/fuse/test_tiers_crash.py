@@ -39,6 +39,7 @@ from tests.fuse.crashutil import (
 from tests.fuse.mounting import REPO_ROOT, Mount, MountFactory
 from tests.fuse.tierutil import cli_ok, promote_wait
 from tierfs.errors import ControlError
+from tierfs.states import JobState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -250,7 +251,7 @@ def test_a_failing_copy_fails_its_job_not_the_daemon(
         filler = tier / "filler"
         filler.write_bytes(b"\0" * (4 * MiB + 512 * 1024))
         deadline = time.monotonic() + 60
-        while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        while JobState(job["state"]).active and time.monotonic() < deadline:
             time.sleep(0.05)
             job = client.job(job["id"])
     assert mount.process is not None and mount.process.poll() is None, mount.log_text()

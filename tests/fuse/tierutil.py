@@ -23,6 +23,7 @@ from tests.fuse.mounting import file_hash, wait_for, xxh
 from tests.fuse.mounting import run_cli as cli
 from tierfs.control.client import ControlClient
 from tierfs.mountinfo import read_mounts
+from tierfs.states import JobState
 
 MiB = 1 << 20
 
@@ -178,7 +179,7 @@ def wait_idle(state_dir: Path, timeout: float = 20.0) -> dict[str, Any]:
 
     def probe() -> dict[str, Any] | None:
         report = status(state_dir)
-        busy = [j for j in report["jobs"] if j["state"] in ("queued", "running")]
+        busy = [j for j in report["jobs"] if JobState(j["state"]).active]
         return None if busy else report
 
     return wait_for(probe, timeout, what="jobs to finish")
@@ -191,7 +192,7 @@ def promote_wait(
     with client(state_dir) as c:
         job = c.promote(model, tier)
         deadline = time.monotonic() + timeout
-        while job["state"] in ("queued", "running"):
+        while JobState(job["state"]).active:
             assert time.monotonic() < deadline, f"promotion of {model} never ended: {job}"
             time.sleep(0.05)
             job = c.job(job["id"])
