@@ -57,6 +57,7 @@ class DaemonControl:
         self._catalog_limiter = trio.CapacityLimiter(1)
 
     async def status(self) -> dict[str, Any]:
+        """The status report, with the daemon's own access times and read counters."""
         d = self.daemon
         inventory = await d.mover.inventory(refresh=True)
         jobs = [j.to_json() for j in d.mover.jobs()]
@@ -80,30 +81,37 @@ class DaemonControl:
         return dict(report)
 
     def jobs(self) -> list[dict[str, Any]]:
+        """Every job the mover remembers."""
         return [j.to_json() for j in self.daemon.mover.jobs()]
 
     def job(self, job_id: int) -> dict[str, Any] | None:
+        """One job, or None if the mover does not know it."""
         job = self.daemon.mover.job(job_id)
         return job.to_json() if job else None
 
     async def promote(self, model: str, tier: str | None) -> dict[str, Any]:
+        """Start promoting `model`; returns its job."""
         job = await self.daemon.mover.promote(model, tier, reason="command")
         return job.to_json()
 
     async def demote(self, model: str) -> dict[str, Any]:
+        """Remove the hot copies of `model`; returns the bytes freed."""
         found = await self.daemon.mover.model(model)
         freed = await self.daemon.mover.demote(model)
         return {"model": found.name, "freed": freed}
 
     async def pin(self, model: str, tier: str | None) -> dict[str, Any]:
+        """Pin `model` and promote it; returns the promotion's job."""
         job = await self.daemon.mover.pin(model, tier)
         return job.to_json()
 
     async def unpin(self, model: str) -> dict[str, Any]:
+        """Unpin `model`; says whether it was pinned."""
         found = await self.daemon.mover.model(model)
         return {"model": found.name, "unpinned": await self.daemon.mover.unpin(model)}
 
     async def fsck(self, deep: bool) -> dict[str, Any]:
+        """Check the catalog against the tiers while serving, repairing what it finds."""
         d = self.daemon
         token = trio.lowlevel.current_trio_token()
         withdrawn: list[tuple[str, str]] = []
@@ -139,6 +147,7 @@ class DaemonControl:
         return report.to_json()
 
     async def metrics(self) -> MetricsTable:
+        """The Prometheus table of this scrape."""
         d = self.daemon
         usage = await trio.to_thread.run_sync(d.catalog.tier_usage, limiter=self._catalog_limiter)
         return metrics_table(
