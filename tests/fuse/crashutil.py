@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +218,3 @@ def build_hf_model(cold: Path, seed: int = 7) -> dict[str, str]:
         name = f"model-0000{i + 1}-of-00002.safetensors" if i < 2 else "tokenizer.json"
         hashes[f"{HF_MODEL}/{name}"] = tu.write_random(cold / rel / name, size, seed + i)
     return hashes
-
-
-def iter_relpaths(hashes: dict[str, str]) -> Iterator[str]:
-    yield from sorted(hashes)

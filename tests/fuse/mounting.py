@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 import xxhash
 
 from tierfs.daemon.mounting import lazy_unmount
@@ -181,8 +179,3 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: {last!r}")
-
-
-def require_fuse() -> None:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        pytest.fail("FUSE tests need /dev/fuse and fusermount3 (apt install fuse3)")
