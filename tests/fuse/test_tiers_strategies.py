@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, MountFactory, file_hash
+from tests.fuse.mounting import Mount, MountFactory, file_hash
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard

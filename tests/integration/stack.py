@@ -18,17 +18,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pyfuse3
 import trio
 import xxhash
 
 from tierfs.config import Config, config_from_dict
-from tierfs.daemon.service import Daemon, DaemonControl
+from tierfs.control.service import DaemonControl
 from tierfs.fuse.operations import TierfsOperations
 from tierfs.fuse.readpath import PushFn, ReadPath
-from tierfs.namespace.merge import ColdStore, Namespace
+from tierfs.namespace.merge import Namespace
+from tierfs.namespace.nodes import ColdStore
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.placement import Placement
@@ -53,7 +54,7 @@ class RecordingKernel:
 @dataclass
 class Stack:
     """The parts of one mount, as `tierfs.daemon.service.Daemon` wires them (and names them, so
-    that `DaemonControl` can drive a stack as it drives a daemon)."""
+    that `DaemonControl` drives a stack as it drives a daemon: both are `DaemonParts`)."""
 
     config: Config
     catalog: Catalog
@@ -71,7 +72,7 @@ class Stack:
 
     @property
     def control(self) -> DaemonControl:
-        return DaemonControl(cast(Daemon, self))
+        return DaemonControl(self)
 
 
 def stack_config(

@@ -14,7 +14,8 @@ from typing import Any
 from tierfs.config import Config
 from tierfs.errors import TierfsError
 from tierfs.namespace.inventory import Inventory, take_inventory
-from tierfs.namespace.merge import Kind, Namespace
+from tierfs.namespace.merge import Namespace
+from tierfs.namespace.nodes import Kind
 from tierfs.states import JobState, ModelState
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.records import ReplicaState

@@ -23,7 +23,8 @@ from tierfs.errors import BackingIOError, TierfsError
 from tierfs.fuse.kernel import KernelCache, PyfuseKernel
 from tierfs.fuse.passthrough import ReadMode, ReadModeInfo
 from tierfs.fuse.readpath import OpenFile, ReadPath
-from tierfs.namespace.merge import ROOT_INODE, Kind, Namespace, Node
+from tierfs.namespace.merge import Namespace
+from tierfs.namespace.nodes import ROOT_INODE, Kind, Node
 from tierfs.storage.events import CopyWithdrawn, StorageEvent, consume
 from tierfs.storage.placement import Placement
 

@@ -35,8 +35,8 @@ import trio
 
 from tierfs.config import ReadConfig
 from tierfs.errors import BackingIOError
+from tierfs.faults import pause_point
 from tierfs.fuse.passthrough import BackingRegistry
-from tierfs.ops.faults import pause_point
 from tierfs.storage.backing import Backing
 
 log = logging.getLogger(__name__)

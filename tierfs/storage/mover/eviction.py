@@ -16,8 +16,8 @@ from pathlib import Path
 import trio
 
 from tierfs.config import format_size
+from tierfs.faults import pause_point
 from tierfs.namespace.models import Model
-from tierfs.ops.faults import pause_point
 from tierfs.storage.backing import Backing, FileKey
 from tierfs.storage.mover.context import ModelFile, MoverContext
 from tierfs.storage.mover.jobs import JobBook

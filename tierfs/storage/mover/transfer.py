@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from tierfs.ops.faults import pause_point
+from tierfs.faults import pause_point
 from tierfs.storage.backing import Backing
 from tierfs.storage.copier import CopyCancelled, CopyError, copy_file
 from tierfs.storage.mover.context import ModelFile, MoverContext
