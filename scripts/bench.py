@@ -2,8 +2,9 @@
 
 Every figure is measured in the same run as the bound it is compared with, because these
 machines are noisy. Sections: ``fuse`` (reads through the mount against reads of the
-backing file), ``loader`` (scripts/bench_loader.py), ``promote`` (when tiers exist) and
-``metadata`` (scripts/bench_metadata.py).
+backing file, here), ``loader`` (scripts/bench_loader.py), ``promote``
+(scripts/bench_promote.py) and ``metadata`` (scripts/bench_metadata.py); what they share is
+in scripts/benchkit.py.
 
 Usage: scripts/bench [fuse|promote|loader|metadata|all] [--size 2G] [--repeat 3] [--device cpu|cuda]
 """
@@ -11,109 +12,35 @@ Usage: scripts/bench [fuse|promote|loader|metadata|all] [--size 2G] [--repeat 3]
 from __future__ import annotations
 
 import argparse
-import json
-import mmap
 import os
-import platform
-import re
 import shutil
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-DOC = REPO / "docs" / "benchmarks.md"
-sys.path.insert(0, str(REPO))
+from bench_promote import bench_promote
+from benchkit import (
+    REPO,
+    TierfsMount,
+    cached_kib,
+    dd,
+    drop_caches,
+    fresh_memory_rate,
+    make_checkpoint,
+    make_file,
+    mmap_read,
+    safetensors_load,
+    timed,
+    tmpfs,
+    write_section,
+)
 
-from tierfs.config import parse_size  # noqa: E402
-from tierfs.daemon.service import SERVING, is_tierfs, lazy_unmount, mount_entry  # noqa: E402
+from tierfs.config import parse_size
 
-GB = 1e9
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} vCPU ({cpu}), {mem:.0f} GiB RAM, Linux {platform.release()}"
-
-
-def timed(fn: Callable[[], int]) -> float:
-    """Run fn (which returns bytes handled) and return GB/s."""
-    start = time.perf_counter()
-    n = fn()
-    return n / (time.perf_counter() - start) / GB
-
-
-def dd(path: Path) -> Callable[[], int]:
-    def run() -> int:
-        subprocess.run(
-            ["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True
-        )
-        return path.stat().st_size
-
-    return run
-
-
-def mmap_read(path: Path) -> Callable[[], int]:
-    """Touch every page through a shared mapping, as llama.cpp's loader does."""
-
-    def run() -> int:
-        import xxhash
-
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
-            m.madvise(mmap.MADV_WILLNEED)
-            xxhash.xxh3_64_intdigest(memoryview(m))
-            return len(m)
-
-    return run
-
-
-def safetensors_load(path: Path) -> Callable[[], int]:
-    def run() -> int:
-        import torch
-        import xxhash
-        from safetensors.torch import load_file
-
-        # load_file maps the file lazily; hashing every tensor makes it read all bytes,
-        # without allocating new memory that would measure the VM instead.
-        tensors = load_file(path)
-        n = 0
-        for t in tensors.values():
-            xxhash.xxh3_64_intdigest(t.view(torch.int16).numpy())
-            n += t.numel() * t.element_size()
-        del tensors
-        return n
-
-    return run
-
-
-def fresh_memory_rate(size: int = 1 << 30) -> float:
-    """GB/s of writing into memory never touched before: the VM's first-touch cost."""
-    with mmap.mmap(-1, size) as m:
-        block = b"\1" * (4 << 20)
-        start = time.perf_counter()
-        for off in range(0, size, len(block)):
-            m[off : off + len(block)] = block
-        return size / (time.perf_counter() - start) / GB
-
-
-SETTLE_S = 1.0
 MODES = ("off", "require")  # [read] passthrough: served by the daemon, or by passthrough
 MODE_NAMES = {"off": "daemon", "require": "passthrough"}
 
@@ -133,113 +60,6 @@ class Row:
     def best_ratio(self, mode: str) -> float:
         """Best against best: what each can do when other jobs leave it alone."""
         return max(self.mount[mode]) / max(self.direct)
-
-
-class TierfsMount:
-    """A tierfs daemon over given cold stores, for the length of a with-block."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        cold: list[tuple[str, Path]],
-        passthrough: str = "auto",
-        tree: Path = REPO,
-    ) -> None:
-        # `tree`: the tierfs source to run (another revision's checkout, to compare with).
-        self.tree = tree
-        self.mountpoint = workdir / "mnt"
-        self.config = workdir / "bench.toml"
-        self.log = workdir / "tierfs.log"
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        lines = [f'mountpoint = "{self.mountpoint}"', f'state_dir = "{workdir / "state"}"']
-        for name, path in cold:
-            lines += ["[[cold]]", f'name = "{name}"', f'path = "{path}"']
-        lines += ["[read]", f'passthrough = "{passthrough}"']
-        self.config.write_text("\n".join(lines) + "\n")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> TierfsMount:
-        self.start = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tierfs", "mount", "-f", "-c", str(self.config)],
-                stdout=out,
-                stderr=out,
-                cwd=self.tree,
-            )
-        deadline = time.monotonic() + 30
-        # Wait for the daemon's "serving" line: only then is the readahead raised.
-        while f"{SERVING} {self.mountpoint}" not in self.log.read_text(errors="replace")[
-            self.start :
-        ] or not is_tierfs(mount_entry(self.mountpoint)):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"tierfs did not mount; see {self.log}")
-            time.sleep(0.05)
-        # Let the daemon finish its start-up scan: a first read in service comes later.
-        time.sleep(SETTLE_S)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        if mount_entry(self.mountpoint) is not None:
-            lazy_unmount(self.mountpoint)
-
-    def stats(self) -> dict[str, int]:
-        return dict(json.loads(os.getxattr(self.mountpoint, "user.tierfs.stats")))
-
-
-def cached_kib() -> int:
-    """The page cache of the whole machine (`Cached` in /proc/meminfo), KiB."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("Cached:"):
-            return int(line.split()[1])
-    raise SystemExit("no Cached line in /proc/meminfo")
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def make_file(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size == size:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    chunk = os.urandom(64 << 20)
-    with open(path, "wb") as f:
-        written = 0
-        while written < size:
-            n = min(len(chunk), size - written)
-            f.write(chunk[:n])
-            written += n
-
-
-def make_checkpoint(path: Path, size: int) -> None:
-    """A bf16 safetensors file of about `size` bytes, random data."""
-    if path.exists() and abs(path.stat().st_size - size) < (64 << 20):
-        return
-    import torch
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    per = 64 << 20
-    tensors = {
-        f"layer.{i}.weight": torch.randint(-(2**15), 2**15, (per // 2,), dtype=torch.int16).view(
-            torch.bfloat16
-        )
-        for i in range(max(1, size // per))
-    }
-    save_file(tensors, str(path))
 
 
 def bench_fuse(workdir: Path, size: int, repeat: int) -> str:
@@ -365,164 +185,6 @@ def render_fuse(
         " limits it here.",
     ]
     return "\n".join(out)
-
-
-def fio_read_bound(path: Path) -> float:
-    """fio's sequential O_DIRECT read of `path` (io_uring, 4 MiB, depth 16), GB/s."""
-    drop_caches()
-    result = subprocess.run(
-        [
-            "fio",
-            "--name=bound",
-            f"--filename={path}",
-            "--rw=read",
-            "--bs=4M",
-            "--iodepth=16",
-            "--ioengine=io_uring",
-            "--direct=1",
-            "--output-format=json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(json.loads(result.stdout)["jobs"][0]["read"]["bw_bytes"]) / GB
-
-
-def direct_huge_bound(path: Path, chunk: int = 16 << 20, depth: int = 8) -> float:
-    """O_DIRECT sequential read of `path` into reused huge-page buffers, GB/s.
-
-    On this VM DMA into 4 KiB pages (fio's buffers) is several times slower than into huge
-    pages, so fio understates what the disk delivers; this is the stricter ceiling.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tierfs.storage.iobuf import io_buffer
-
-    drop_caches()
-    size = path.stat().st_size
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    buffers = [io_buffer(chunk) for _ in range(depth)]
-    offsets = list(range(0, size, chunk))
-
-    def worker(i: int) -> None:
-        for j in range(i, len(offsets), depth):
-            os.preadv(fd, [buffers[i]], offsets[j])
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(depth) as pool:
-        list(pool.map(worker, range(depth)))
-    elapsed = time.perf_counter() - start
-    os.close(fd)
-    for buffer in buffers:
-        buffer.close()
-    return size / elapsed / GB
-
-
-class TieredMount(TierfsMount):
-    """A mount with one RAM tier; promotion on open is off so only commands move data."""
-
-    def __init__(self, workdir: Path, cold: list[tuple[str, Path]], tier: Path, size: str) -> None:
-        super().__init__(workdir, cold, "auto")
-        self.tier = tier
-        with open(self.config, "a") as f:
-            f.write(
-                f'[[tier]]\nname = "ram0"\npath = "{tier}"\nsize = "{size}"\n'
-                "[policy]\npromote_on_open = false\n"
-            )
-
-    def client(self) -> Any:
-        from tierfs.control.client import ControlClient
-
-        return ControlClient(self.mountpoint.parent / "state" / "control.sock")
-
-
-def promote_rate(mount: TieredMount, model: str) -> float:
-    """Promote a model and return the copy's GB/s as the daemon timed it (verify included)."""
-    with mount.client() as client:
-        job = client.promote(model, None)
-        while job["state"] in ("queued", "running"):
-            time.sleep(0.05)
-            job = client.job(job["id"])
-        if job["state"] != "done":
-            raise SystemExit(f"promotion failed: {job}")
-        return float(job["bytes_total"]) / (job["finished"] - job["started"]) / GB
-
-
-def bench_promote(workdir: Path, size: int, repeat: int) -> str:
-    disk_store = workdir / "disk-store"
-    source = disk_store / "disk" / "model.safetensors"
-    make_checkpoint(source, size)
-    tier = workdir / "tier"
-    bounds: list[float] = []
-    ceilings: list[float] = []
-    rates: list[float] = []
-    memory_rates: list[float] = []
-    first = Row("reading the promoted file, first read (fresh mount)", [], [])
-    reread = Row("reading the promoted file, second read", [], [])
-    try:
-        for _ in range(repeat):
-            bounds.append(fio_read_bound(source))
-            ceilings.append(direct_huge_bound(source))
-            memory_rates.append(fresh_memory_rate())
-            with TieredMount(workdir, [("disk", disk_store)], tier, f"{(size >> 20) + 512}M") as m:
-                with m.client() as client:
-                    client.demote("disk/model.safetensors")
-                drop_caches()
-                rates.append(promote_rate(m, "disk/model.safetensors"))
-            hot = tier / "hot" / "disk" / "disk" / "model.safetensors"
-            with TieredMount(workdir, [("disk", disk_store)], tier, f"{(size >> 20) + 512}M") as m:
-                first.direct.append(timed(dd(hot)))
-                first.mount.append(timed(dd(m.mountpoint / "disk" / "model.safetensors")))
-                reread.direct.append(timed(dd(hot)))
-                reread.mount.append(timed(dd(m.mountpoint / "disk" / "model.safetensors")))
-    finally:
-        subprocess.run(["umount", "-l", str(tier)], check=False)
-    bound = statistics.median(bounds)
-    ceiling = statistics.median(ceilings)
-    rate = statistics.median(rates)
-    lines = [
-        f"Promotion of a {size / 2**30:.1f} GiB file from disk (cold cache) into a tmpfs tier,"
-        f" median of {repeat}. The copy is timed by the daemon and includes re-reading the copy"
-        " to verify its xxh3-128 before the rename.",
-        "",
-        "| measure | GB/s | ratio to fio | ratio to ceiling |",
-        "|---|---:|---:|---:|",
-        f"| fio O_DIRECT sequential read, io_uring, 4 MiB, depth 16 (the bound) | {bound:.2f} |"
-        f" 1.00 | {bound / ceiling:.2f} |",
-        f"| O_DIRECT into huge-page buffers, 16 MiB x 8 (the stricter ceiling) | {ceiling:.2f} |"
-        f" {ceiling / bound:.2f} | 1.00 |",
-        f"| tierfs promotion (O_DIRECT 8 MiB reads, depth 4, verified) | {rate:.2f} |"
-        f" {rate / bound:.2f} | {rate / ceiling:.2f} |",
-        f"| first touch of fresh memory (4 KiB pages), same run |"
-        f" {statistics.median(memory_rates):.2f} | | |",
-        "",
-        "Reads through the mount after promotion, against reading the tmpfs copy directly:",
-        "",
-        "| case | direct GB/s | through tierfs GB/s | ratio |",
-        "|---|---:|---:|---:|",
-    ]
-    for row in (first, reread):
-        lines.append(
-            f"| {row.case} | {statistics.median(row.direct):.2f} | "
-            f"{statistics.median(row.mount):.2f} | {row.ratio:.2f} |"
-        )
-    return "\n".join(lines)
-
-
-def write_section(name: str, body: str, title: str) -> None:
-    DOC.parent.mkdir(exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    block = (
-        f"<!-- bench:{name} -->\n## {title}\n\nMachine: {machine()}. Date: {stamp}.\n\n"
-        f"{body}\n<!-- /bench:{name} -->"
-    )
-    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
-    text = (
-        pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
-    )
-    DOC.write_text(text)
 
 
 def main() -> None:

@@ -350,7 +350,7 @@ def main() -> None:
     lines = report_lines(results, scenarios, peers, extra)
     print("\n" + "\n".join(lines))
     if args.write:
-        from bench import write_section
+        from benchkit import write_section
 
         write_section("loader", "\n".join(lines), "Loader: safetensors into memory (generated)")
 

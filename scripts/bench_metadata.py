@@ -25,7 +25,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
 
-from bench import TierfsMount, write_section  # noqa: E402
+from benchkit import TierfsMount, write_section  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:

@@ -157,6 +157,15 @@ class PolicyConfig(_Strict):
         return self
 
 
+class PlacementConfig(_Strict):
+    """Which tier a promotion goes to when none is named (README: placement strategies)."""
+
+    # fastest-fit: the fastest tier with room now; evict only when none has room.
+    # fill-first: the fastest tier that can hold it, evicting its LRU models down a tier.
+    # round-robin: rotate over the tiers with room now.
+    strategy: Literal["fastest-fit", "fill-first", "round-robin"] = "fastest-fit"
+
+
 class ReadConfig(_Strict):
     """Tuning of the read path through the mount. The defaults are meant to be right."""
 
@@ -193,6 +202,7 @@ class Config(_Strict):
     cold: list[ColdStoreConfig] = Field(min_length=1)
     tier: list[TierConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     read: ReadConfig = Field(default_factory=ReadConfig)
 
     @field_validator("mountpoint", "state_dir")

@@ -11,18 +11,16 @@ import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, file_hash, wait_until, xxh
-from tests.fuse.conftest import run_cli as cli
+from tests.fuse.mounting import Mount, file_hash, wait_for, xxh
+from tests.fuse.mounting import run_cli as cli
+from tests.fuse.tierutil import MiB
 from tierfs.control.client import ControlClient
 
-ROOT = Path(__file__).resolve().parents[2]
-MiB = 1 << 20
 TIER = "ram0"
 
 
@@ -53,16 +51,12 @@ class TierDirs:
 
 def control(mount: Mount) -> ControlClient:
     """A client of the running daemon's control socket (cheaper than a CLI process)."""
-    return ControlClient(mount.state_dir / "control.sock", timeout=60)
+    return tu.client(mount.state_dir)
 
 
 def model_state(mount: Mount, name: str) -> dict[str, object]:
-    with control(mount) as client:
-        models = client.status()["models"]
-    assert isinstance(models, list)
-    found = [m for m in models if m["name"] == name]
-    assert found, f"{name} not in status: {[m['name'] for m in models]}"
-    return dict(found[0])
+    """The status row of model `name` on a running mount."""
+    return tu.model_of(tu.status(mount.state_dir), name)
 
 
 def wait_for_log(mount: Mount, text: str, timeout: float = 30.0) -> None:
@@ -144,7 +138,8 @@ def assert_catalog_consistent(state_dir: Path, tier_path: Path) -> list[ReplicaR
 # The mount -----------------------------------------------------------------------------
 
 
-def read_through(mountpoint: Path, relpath: str) -> bytes:
+def mounted_bytes(mountpoint: Path, relpath: str) -> bytes:
+    """The whole of a file, read through the mount (its page cache left as it is)."""
     with open(mountpoint / relpath, "rb") as f:
         return f.read()
 
@@ -159,7 +154,7 @@ def assert_serves_cold_bytes(
     """
     served = {}
     for relpath, expected in hashes.items():
-        got = xxh(read_through(mount.mountpoint, relpath))
+        got = xxh(mounted_bytes(mount.mountpoint, relpath))
         assert got == expected, f"{relpath}: read {got} through the mount, cold is {expected}"
         backing = Path(os.fsdecode(os.getxattr(mount.mountpoint / relpath, "user.tierfs.backing")))
         tier = os.getxattr(mount.mountpoint / relpath, "user.tierfs.tier").decode()
@@ -193,13 +188,13 @@ def restart(mount: Mount, timeout: float = 30.0) -> Mount:
     mount.extra_env = {}
     seen = len(mount.log_text())
     mount.start()
-    wait_until(
+    wait_for(
         lambda: (
             f"mounted {mount.mountpoint} over" in mount.log_text()[seen:]
             or (mount.process is not None and mount.process.poll() is not None)
         ),
         timeout,
-        "the restarted daemon to mount",
+        what="the restarted daemon to mount",
     )
     assert mount.process is not None and mount.process.poll() is None, mount.log_text()[seen:]
     return mount
@@ -223,7 +218,3 @@ def build_hf_model(cold: Path, seed: int = 7) -> dict[str, str]:
         name = f"model-0000{i + 1}-of-00002.safetensors" if i < 2 else "tokenizer.json"
         hashes[f"{HF_MODEL}/{name}"] = tu.write_random(cold / rel / name, size, seed + i)
     return hashes
-
-
-def iter_relpaths(hashes: dict[str, str]) -> Iterator[str]:
-    yield from sorted(hashes)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import MountFactory
+from tests.fuse.mounting import MountFactory
 
 MiB = 1 << 20
 

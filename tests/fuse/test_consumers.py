@@ -22,7 +22,7 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from tests.fuse.conftest import Mount, file_hash
+from tests.fuse.mounting import Mount, file_hash
 from tierfs.ops.demo import HF_SHARDS, HUB_REPO_DIR, HUB_REPO_ID
 
 LLAMA_PYTHON = os.environ.get("TIERFS_LLAMA_PYTHON", sys.executable)

@@ -12,17 +12,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
     TIER,
     TierDirs,
     build_hf_model,
     manual_tier_toml,
-    read_through,
+    mounted_bytes,
     xxh,
 )
+from tests.fuse.mounting import Mount, MountFactory
 from tests.fuse.tierutil import cli_ok
+from tierfs.states import JobState
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -133,7 +134,7 @@ def test_job_progresses_to_done_and_metrics_follow(
     assert job["model"] == HF_MODEL and job["tier"] == TIER
     seen = [job["state"]]
     deadline = time.monotonic() + 30
-    while job["state"] in ("queued", "running"):
+    while JobState(job["state"]).active:
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
         job = http.get(f"/api/jobs/{job['id']}").json()
@@ -149,7 +150,7 @@ def test_job_progresses_to_done_and_metrics_follow(
 
     before = _parse_prometheus(http.get("/metrics").text)
     shard = f"{HF_MODEL}/model-00001-of-00002.safetensors"
-    data = read_through(api_mount.mountpoint, shard)
+    data = mounted_bytes(api_mount.mountpoint, shard)
     assert xxh(data) == xxh((cold_store / shard).read_bytes())
     response = http.get("/metrics")
     assert response.status_code == 200

@@ -13,16 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuse import controlprobe as cp
-from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
     TierDirs,
     build_hf_model,
     manual_tier_toml,
-    read_through,
+    mounted_bytes,
     xxh,
 )
-from tierfs.storage.mover import JOB_HISTORY
+from tests.fuse.mounting import Mount, MountFactory
+from tierfs.states import JobState
+from tierfs.storage.mover.jobs import JOB_HISTORY
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -52,7 +53,7 @@ def rig(
 def _assert_serving(mount: Mount, cold: Path, hashes: dict[str, str]) -> None:
     assert mount.process is not None and mount.process.poll() is None, "the daemon died"
     for relpath, digest in hashes.items():
-        assert xxh(read_through(mount.mountpoint, relpath)) == digest
+        assert xxh(mounted_bytes(mount.mountpoint, relpath)) == digest
     answer = cp.exchange(
         mount.state_dir / "control.sock", cp.request_bytes("GET", "/api/status", b"")
     )
@@ -128,7 +129,7 @@ def test_the_job_history_stays_bounded(rig: tuple[Mount, dict[str, str]]) -> Non
     last = 0
     for _ in range(JOB_HISTORY + 20):
         job = cp.json_of(cp.exchange(sock, cp.request_bytes("POST", "/api/promote", body)))
-        while job["state"] in ("queued", "running"):
+        while JobState(str(job["state"])).active:
             job = cp.json_of(
                 cp.exchange(sock, cp.request_bytes("GET", f"/api/jobs/{job['id']}", b""))
             )

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.crashutil import (
     TIER,
     TierDirs,
@@ -19,6 +18,7 @@ from tests.fuse.crashutil import (
     manual_tier_toml,
     model_state,
 )
+from tests.fuse.mounting import Mount, MountFactory
 from tests.fuse.tierutil import promote_wait, write_random
 
 pytestmark = pytest.mark.timeout(120)

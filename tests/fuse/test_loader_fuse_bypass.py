@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 import loader
-from tests.fuse.conftest import Mount, MountFactory
+from tests.fuse.mounting import Mount, MountFactory
 from tests.fuse.tierutil import cli_ok, lazy_umount
 from tests.loader_testutil import Digest, digest
 

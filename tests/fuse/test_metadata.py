@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import MountFactory
+from tests.fuse.mounting import MountFactory
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, MountFactory, write_config
+from tests.fuse.mounting import REPO_ROOT, Mount, MountFactory, write_config
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard
@@ -232,7 +232,7 @@ def test_require_refuses_to_mount_without_cap_sys_admin(
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=tu.REPO,
+        cwd=REPO_ROOT,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import REPO_ROOT, xxh
+from tests.fuse.mounting import REPO_ROOT, xxh
 from tests.fuse.passthrough_fs import READY
-from tierfs.daemon.service import lazy_unmount, mount_entry
+from tierfs.daemon.mounting import lazy_unmount
+from tierfs.mountinfo import mount_entry
 
 SIZE = (8 << 20) + 12345
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.fuse.conftest import Mount, MountFactory, file_hash, xxh
+from tests.fuse.mounting import Mount, MountFactory, file_hash, xxh
 
 SIZES = {
     "empty.bin": 0,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import MountFactory, run_cli
+from tests.fuse.mounting import MountFactory, run_cli
 
 pytestmark = pytest.mark.timeout(90)
 

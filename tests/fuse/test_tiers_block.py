@@ -15,7 +15,7 @@ import pytest
 import loader
 from loader.pagecache import page_cache_fraction
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import MountFactory, file_hash
+from tests.fuse.mounting import MountFactory, file_hash
 from tests.fuse.test_loader_fuse_bypass import MODEL, write_checkpoint
 from tests.loader_testutil import digest
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
     MiB,
@@ -31,8 +30,10 @@ from tests.fuse.crashutil import (
     control,
     manual_tier_toml,
 )
+from tests.fuse.mounting import MountFactory
 from tests.fuse.tierutil import write_random
 from tierfs.errors import ControlError
+from tierfs.states import JobState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -122,7 +123,7 @@ def _mover(config_mount: object, stop: threading.Event, tally: Tally, seed: int)
                     job = client.promote(model, None)
                     if rng.random() < 0.5:  # sometimes wait, sometimes demote mid-copy
                         deadline = time.monotonic() + 20
-                        while job["state"] in ("queued", "running"):
+                        while JobState(job["state"]).active:
                             if time.monotonic() > deadline:
                                 tally.fail(f"promotion of {model} hangs: {job}")
                                 break
@@ -188,7 +189,7 @@ def test_reads_stay_right_while_models_churn(
     jobs = Counter(j["state"] for j in status["jobs"])
     log = mount.log_text()
     evictions = log.count(" to make room for ")
-    demotions = log.count("tierfs.storage.mover: demoted ")
+    demotions = log.count("tierfs.storage.mover.core: demoted ")
     print(f"churn: {dict(counts)}; jobs {dict(jobs)}; {evictions} evictions, {demotions} demotions")
     # A job fails only for want of room: evicted copies held open keep their tmpfs pages.
     for job in status["jobs"]:
@@ -212,6 +213,6 @@ def test_reads_stay_right_while_models_churn(
 def wait_idle(mount: object, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     with control(mount) as client:  # type: ignore[arg-type]
-        while any(j["state"] in ("queued", "running") for j in client.status()["jobs"]):
+        while any(JobState(j["state"]).active for j in client.status()["jobs"]):
             assert time.monotonic() < deadline, "promotions still running"
             time.sleep(0.1)

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, MountFactory
-from tierfs.config import config_from_dict
+from tests.fuse.mounting import Mount, MountFactory
+from tierfs.config import Config, config_from_dict
+from tierfs.daemon import service
 from tierfs.daemon.service import Daemon
 from tierfs.daemon.statedir import StateDir
-from tierfs.errors import NamespaceError
+from tierfs.errors import NamespaceError, TierError
 
 MiB = tu.MiB
 tier_guard = tu.tier_guard
@@ -268,12 +269,10 @@ def test_hot_copies_are_private_whatever_mode_the_tier_directory_has(
         assert probe.returncode != 0 and b"Permission denied" in probe.stderr, probe
 
 
-def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
-    tier_guard: Path, cold_store: Path, tmp_path: Path
-) -> None:
-    cold_model(cold_store)
+def daemon_config(tier_guard: Path, cold_store: Path, tmp_path: Path) -> Config:
+    """A config for a `Daemon` built in-process: one cold store, one 64 MiB tier."""
     (tmp_path / "mnt").mkdir()
-    config = config_from_dict(
+    return config_from_dict(
         {
             "mountpoint": str(tmp_path / "mnt"),
             "state_dir": str(tmp_path / "state"),
@@ -281,9 +280,36 @@ def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
             "tier": [{"name": "ram0", "path": str(tier_guard / "ram0"), "size": "64M"}],
         }
     )
+
+
+def test_a_cold_store_gone_at_start_leaves_no_tier_tmpfs_and_no_lock_behind(
+    tier_guard: Path, cold_store: Path, tmp_path: Path
+) -> None:
+    cold_model(cold_store)
+    config = daemon_config(tier_guard, cold_store, tmp_path)
     # Valid when read, gone when the daemon builds its namespace.
     shutil.rmtree(cold_store)
     with pytest.raises(NamespaceError, match="cold store 'c'"):
         Daemon(config)
+    assert not tu.mounts_under(tmp_path), "the refused start left its tier tmpfs mounted"
+    StateDir(config.state_dir, "test").close()  # the lock was released
+
+
+def test_a_start_refused_after_the_tiers_are_mounted_leaves_no_tier_tmpfs_behind(
+    tier_guard: Path, cold_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cold_model(cold_store)
+    config = daemon_config(tier_guard, cold_store, tmp_path)
+    mounted: list[bool] = []
+
+    def refuse(*args: object) -> None:
+        # The tier tmpfs is mounted by now: the cleanup has something to undo.
+        mounted.append(bool(tu.mounts_under(tmp_path)))
+        raise TierError("refused after the tiers", path=str(tier_guard / "ram0"))
+
+    monkeypatch.setattr(service, "Mover", refuse)
+    with pytest.raises(TierError, match="refused after the tiers"):
+        service.Daemon(config)
+    assert mounted == [True]
     assert not tu.mounts_under(tmp_path), "the refused start left its tier tmpfs mounted"
     StateDir(config.state_dir, "test").close()  # the lock was released

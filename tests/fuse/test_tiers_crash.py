@@ -18,10 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory
 from tests.fuse.crashutil import (
     HF_MODEL,
-    ROOT,
     TIER,
     MiB,
     TierDirs,
@@ -38,8 +36,10 @@ from tests.fuse.crashutil import (
     wait_for_log,
     xxh,
 )
+from tests.fuse.mounting import REPO_ROOT, Mount, MountFactory
 from tests.fuse.tierutil import cli_ok, promote_wait
 from tierfs.errors import ControlError
+from tierfs.states import JobState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -183,7 +183,7 @@ def test_kill_during_eviction_then_remount(rig: Rig, cold_store: Path) -> None:
 
     demote = subprocess.Popen(
         [sys.executable, "-m", "tierfs", "demote", HF_MODEL, "-c", str(mount.config)],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -251,7 +251,7 @@ def test_a_failing_copy_fails_its_job_not_the_daemon(
         filler = tier / "filler"
         filler.write_bytes(b"\0" * (4 * MiB + 512 * 1024))
         deadline = time.monotonic() + 60
-        while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        while JobState(job["state"]).active and time.monotonic() < deadline:
             time.sleep(0.05)
             job = client.job(job["id"])
     assert mount.process is not None and mount.process.poll() is None, mount.log_text()

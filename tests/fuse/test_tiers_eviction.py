@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, MountFactory
+from tests.fuse.mounting import Mount, MountFactory
 
 MiB = tu.MiB
 TIER_SIZE = 16 * MiB

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import Mount, MountFactory, wait_until
 from tests.fuse.crashutil import (
     HF_MODEL,
-    ROOT,
     TIER,
     MiB,
     TierDirs,
@@ -32,12 +30,13 @@ from tests.fuse.crashutil import (
     files_under,
     manual_tier_toml,
     model_state,
+    mounted_bytes,
     read_catalog,
-    read_through,
     restart,
     wait_for_log,
     xxh,
 )
+from tests.fuse.mounting import REPO_ROOT, Mount, MountFactory, wait_for
 from tests.fuse.tierutil import promote_wait, write_random
 from tierfs.mountinfo import mount_entry
 
@@ -114,7 +113,7 @@ def _rewrite(cold: Path, relpath: str, how: str, size: int, seed: int) -> str:
 
 def _assert_dropped(mount: Mount, cold: Path, tier: Path, relpath: str, digest: str) -> None:
     """The stale hot copy is gone and the new cold bytes are served."""
-    data = read_through(mount.mountpoint, relpath)
+    data = mounted_bytes(mount.mountpoint, relpath)
     assert xxh(data) == digest, f"read {len(data)} bytes that are not the new cold content"
     assert os.stat(mount.mountpoint / relpath).st_size == len(data)
     assert os.getxattr(mount.mountpoint / relpath, "user.tierfs.tier") == b"cold"
@@ -168,7 +167,7 @@ def test_cold_file_changed_while_unmounted_drops_the_hot_copy(
     assert promote_wait(mount.state_dir, LONE)["state"] == "done"
     assert file_hash(_hot_path(tier, LONE)) == digest
     assert os.getxattr(mount.mountpoint / LONE, "user.tierfs.xxh3").decode() == digest
-    assert xxh(read_through(mount.mountpoint, LONE)) == digest
+    assert xxh(mounted_bytes(mount.mountpoint, LONE)) == digest
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -224,14 +223,14 @@ def test_deep_fsck_repair_reaches_readers_who_saw_the_corruption(
     # Drop what earlier reads cached, so this read goes to the corrupt copy.
     with open(mount.mountpoint / LONE, "rb") as f:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    bad = xxh(read_through(mount.mountpoint, LONE))
+    bad = xxh(mounted_bytes(mount.mountpoint, LONE))
     assert bad != hashes[LONE]
     with control(mount) as client:
         report = client.fsck(True)
     assert [f["path"] for f in report["findings"]] == [str(victim)], report
     assert "corrupt" in report["findings"][0]["problem"]
     assert file_hash(victim) == hashes[LONE]
-    after = xxh(read_through(mount.mountpoint, LONE))
+    after = xxh(mounted_bytes(mount.mountpoint, LONE))
     assert after != bad, "the mount still serves the corrupt bytes after the repair"
     assert after == hashes[LONE]
 
@@ -281,7 +280,7 @@ def test_newer_catalog_schema_is_refused_with_one_line(
 
     result = subprocess.run(
         [sys.executable, "-m", "tierfs", "mount", "--foreground", "-c", str(mount.config)],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=30,
@@ -334,7 +333,7 @@ def test_online_fsck_leaves_copies_that_began_during_it_alone(
     assert not fsck.is_alive()
     assert report["findings"] == [], report
 
-    wait_until(lambda: model_state(mount, HF_MODEL)["state"] == "hot", 60, "the promotion")
+    wait_for(lambda: model_state(mount, HF_MODEL)["state"] == "hot", 60, what="the promotion")
     served = assert_serves_cold_bytes(mount, cold_store, hashes, tier)
     assert set(served.values()) == {TIER}, served
     assert_catalog_consistent(mount.state_dir, tier)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuse import tierutil as tu
-from tests.fuse.conftest import Mount, MountFactory
+from tests.fuse.mounting import Mount, MountFactory
 from tierfs.namespace.models import scan_directory
 
 MiB = tu.MiB

@@ -13,22 +13,19 @@ import mmap
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.fuse.conftest import file_hash, xxh
-from tests.fuse.conftest import run_cli as cli
+from tests.fuse.mounting import file_hash, wait_for, xxh
+from tests.fuse.mounting import run_cli as cli
 from tierfs.control.client import ControlClient
 from tierfs.mountinfo import read_mounts
+from tierfs.states import JobState
 
-REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
-
-T = TypeVar("T")
-
 
 # Bytes ---------------------------------------------------------------------------------
 
@@ -145,6 +142,7 @@ def cli_json(config: Path) -> dict[str, Any]:
 
 
 def client(state_dir: Path) -> ControlClient:
+    """A client of the control socket of the daemon whose state is in `state_dir`."""
     return ControlClient(state_dir / "control.sock")
 
 
@@ -168,20 +166,6 @@ def tier_row(report: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(next(t for t in report["tiers"] if t["name"] == name))
 
 
-def wait_for(
-    probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.2, what: str = ""
-) -> T:
-    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: {last!r}")
-
-
 def wait_state(state_dir: Path, model: str, state: str, timeout: float = 20.0) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         report = status(state_dir)
@@ -195,7 +179,7 @@ def wait_idle(state_dir: Path, timeout: float = 20.0) -> dict[str, Any]:
 
     def probe() -> dict[str, Any] | None:
         report = status(state_dir)
-        busy = [j for j in report["jobs"] if j["state"] in ("queued", "running")]
+        busy = [j for j in report["jobs"] if JobState(j["state"]).active]
         return None if busy else report
 
     return wait_for(probe, timeout, what="jobs to finish")
@@ -208,7 +192,7 @@ def promote_wait(
     with client(state_dir) as c:
         job = c.promote(model, tier)
         deadline = time.monotonic() + timeout
-        while job["state"] in ("queued", "running"):
+        while JobState(job["state"]).active:
             assert time.monotonic() < deadline, f"promotion of {model} never ended: {job}"
             time.sleep(0.05)
             job = c.job(job["id"])

@@ -9,7 +9,8 @@ import pytest
 
 from tierfs.errors import CatalogError
 from tierfs.namespace.identity import FileIdentity
-from tierfs.storage.catalog import SCHEMA_VERSION, AccessDelta, Catalog, ReplicaState
+from tierfs.storage.catalog import SCHEMA_VERSION, Catalog
+from tierfs.storage.records import AccessDelta, ReplicaState
 
 
 def ident(size: int, mtime_ns: int, ino: int = 7) -> FileIdentity:

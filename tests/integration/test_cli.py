@@ -1,9 +1,8 @@
 """The ``tierfs`` CLI in subprocesses, without a mount: config errors, config check and show,
-and ``status`` over a store holding good and malformed model units."""
+and output that goes to a pipe. ``status`` is in test_cli_status.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,50 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tierfs.ops.demo import DemoStore, build_demo_store
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.integration import cliutil
+from tests.integration.cliutil import (
+    REPO_ROOT,
+    base_config,
+    cold_table,
+    tierfs_cli,
+    toml_str,
+)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def tierfs_cli(*args: str, columns: int | None = 500) -> subprocess.CompletedProcess[str]:
-    """Run this worktree's CLI. `columns`: the terminal width to claim; None claims none,
-    as when output goes to a pipe, a file or the journal."""
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    if columns is not None:
-        env["COLUMNS"] = str(columns)
-    return subprocess.run(
-        [sys.executable, "-m", "tierfs", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        check=False,
-    )
-
-
-def toml_str(value: object) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string here
-
-
-@pytest.fixture
-def cold(tmp_path: Path) -> Path:
-    root = tmp_path / "cold"
-    root.mkdir()
-    return root
-
-
-def base_config(tmp_path: Path, cold: Path) -> str:
-    return (
-        f"mountpoint = {toml_str(tmp_path / 'mnt')}\nstate_dir = {toml_str(tmp_path / 'state')}\n"
-    )
-
-
-def cold_table(cold: Path, name: str = "main") -> str:
-    return f"[[cold]]\nname = {toml_str(name)}\npath = {toml_str(cold)}\n"
+cold = cliutil.cold
 
 
 # -- bad configs ------------------------------------------------------------------------------
@@ -362,140 +328,3 @@ def test_mount_refusal_is_one_line_when_output_is_piped(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(mountpoint) in lines[0] and "does not exist" in lines[0]
-
-
-# -- status -----------------------------------------------------------------------------------
-
-BROKEN_OLLAMA = "ollama/manifests/registry.ollama.ai/library/broken/latest"
-MISSING_BLOB_OLLAMA = "ollama/manifests/registry.ollama.ai/library/lost/latest"
-BROKEN_HF_CONFIG = "hf/broken-model/config.json"
-MISSING_DIGEST = "sha256:" + "0" * 64
-
-
-@pytest.fixture(scope="module")
-def messy_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoStore]:
-    """The demo store plus three malformed units."""
-    root = tmp_path_factory.mktemp("messy") / "cold"
-    demo = build_demo_store(root)
-    broken = root / BROKEN_OLLAMA
-    broken.parent.mkdir(parents=True)
-    broken.write_text('{"schemaVersion": 2, "layers": [')
-    lost = root / MISSING_BLOB_OLLAMA
-    lost.parent.mkdir(parents=True)
-    lost.write_text(
-        json.dumps(
-            {
-                "schemaVersion": 2,
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.ollama.image.model",
-                        "digest": MISSING_DIGEST,
-                        "size": 1234,
-                    }
-                ],
-            }
-        )
-    )
-    hf = root / BROKEN_HF_CONFIG
-    hf.parent.mkdir(parents=True)
-    hf.write_text('{"model_type": "llama",,}')
-    (hf.parent / "model.safetensors").write_bytes(b"\0" * 4096)
-    return root, demo
-
-
-def expected_models(root: Path, demo: DemoStore) -> dict[str, tuple[str, int, int]]:
-    """name -> (kind, size, number of files), computed from the disk on its own terms."""
-
-    def total(paths: list[Path]) -> tuple[int, int]:
-        unique = {p.resolve() for p in paths}
-        return sum(p.stat().st_size for p in unique), len(unique)
-
-    out: dict[str, tuple[str, int, int]] = {}
-    hf_files = [p for p in demo.hf_dir.rglob("*") if p.is_file()]
-    out["hf/tiny-llama"] = ("hf_dir", *total(hf_files))
-    snapshot = demo.hub_repo / "snapshots" / demo.hub_revision
-    out[f"tierfs-demo/tiny-llama@{demo.hub_revision[:12]}"] = (
-        "hf_hub",
-        *total(list(snapshot.iterdir())),
-    )
-    manifest = json.loads(demo.ollama_manifest.read_text())
-    blobs = [
-        demo.ollama_root / "blobs" / d["digest"].replace(":", "-")
-        for d in [*manifest["layers"], manifest["config"]]
-    ]
-    out["tiny-llama:latest"] = ("ollama", *total([demo.ollama_manifest, *blobs]))
-    out["gguf/tiny-llama.gguf"] = ("file", *total([demo.gguf_file]))
-    out["misc/embeddings.safetensors"] = ("file", *total([demo.embeddings_file]))
-    assert sorted(out) == sorted(demo.model_names)
-    return out
-
-
-def status_config(tmp_path: Path, root: Path) -> Path:
-    config = tmp_path / "tierfs.toml"
-    config.write_text(base_config(tmp_path, root) + cold_table(root, "messy"))
-    return config
-
-
-def test_status_json_lists_good_models_and_one_problem_per_malformed_unit(
-    tmp_path: Path, messy_store: tuple[Path, DemoStore]
-) -> None:
-    root, demo = messy_store
-    proc = tierfs_cli("status", "--json", "-c", str(status_config(tmp_path, root)))
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    data = json.loads(proc.stdout)
-
-    got = {m["name"]: (m["kind"], m["size"], len(m["files"])) for m in data["models"]}
-    assert got == expected_models(root, demo)
-    for m in data["models"]:
-        for rel in m["files"]:
-            assert (root / rel).is_file(), rel
-
-    problems = {p["path"]: p["message"] for p in data["problems"]}
-    assert sorted(problems) == sorted([BROKEN_OLLAMA, MISSING_BLOB_OLLAMA, BROKEN_HF_CONFIG])
-    assert len(data["problems"]) == 3
-    assert "invalid JSON" in problems[BROKEN_OLLAMA]
-    assert MISSING_DIGEST in problems[MISSING_BLOB_OLLAMA]
-    assert "missing" in problems[MISSING_BLOB_OLLAMA]
-    assert "invalid JSON" in problems[BROKEN_HF_CONFIG]
-    assert data["conflicts"] == []
-
-
-def test_status_plain_output_mentions_models_and_problems(
-    tmp_path: Path, messy_store: tuple[Path, DemoStore]
-) -> None:
-    root, demo = messy_store
-    proc = tierfs_cli("status", "-c", str(status_config(tmp_path, root)))
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    for name in demo.model_names:
-        assert name in out, name
-    assert "Problems" in out
-    for path in (BROKEN_OLLAMA, MISSING_BLOB_OLLAMA, BROKEN_HF_CONFIG):
-        line = next((x for x in out.splitlines() if path in x), None)
-        assert line is not None, f"{path} not in:\n{out}"
-    assert out.count("invalid JSON") == 2
-    assert MISSING_DIGEST in out
-
-
-def test_status_over_empty_store_says_no_models(tmp_path: Path, cold: Path) -> None:
-    proc = tierfs_cli("status", "-c", str(status_config(tmp_path, cold)))
-    assert proc.returncode == 0, proc.stderr
-    assert "no models found" in proc.stdout
-    js = tierfs_cli("status", "--json", "-c", str(status_config(tmp_path, cold)))
-    data = json.loads(js.stdout)
-    assert (data["models"], data["problems"], data["conflicts"]) == ([], [], [])
-    assert data["running"] is False
-    assert data["tiers"] == [] and data["jobs"] == []
-
-
-def test_cli_start_up_imports_neither_pydantic_nor_an_http_library() -> None:
-    # `tierfs --version` and every command pay for what the CLI imports before it runs.
-    probe = (
-        "import sys; import tierfs.control.cli, tierfs.control.client; "
-        "print(sorted(m for m in ('pydantic', 'httpx', 'rich.table') if m in sys.modules))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]", result.stdout

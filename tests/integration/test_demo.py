@@ -3,6 +3,7 @@ finds exactly its five units."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,10 +30,10 @@ from tierfs.ops.demo import (
     DemoError,
     DemoStore,
     build_demo_store,
-    git_blob_sha1,
-    llama_state_dict,
-    spm_vocab,
 )
+from tierfs.ops.demo.gguf_writer import spm_vocab
+from tierfs.ops.demo.hub import git_blob_sha1
+from tierfs.ops.demo.weights import llama_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +290,9 @@ def test_unwritable_root_raises_demo_error(tmp_path: Path) -> None:
         build_demo_store(blocker)
     assert e.value.path == str(blocker)
     assert isinstance(e.value, TierfsError)
+
+
+def test_a_vocabulary_too_small_for_the_byte_tokens_is_a_named_error() -> None:
+    with pytest.raises(DemoError, match="cannot build a 10-token vocabulary") as info:
+        spm_vocab(10)
+    assert info.value.errno == errno.EINVAL

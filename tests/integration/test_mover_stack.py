@@ -11,7 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.integration.stack import running_stack, stack_config
+from tests.integration.stack import read_file, running_stack, stack_config
+from tierfs.control.status import offline_report
+from tierfs.storage.events import FileOpened
 
 
 def test_a_model_that_vanishes_before_its_promotion_on_open_leaves_the_mover_running(
@@ -34,7 +36,7 @@ def test_a_model_that_vanishes_before_its_promotion_on_open_leaves_the_mover_run
             # Gone between the open and the promotion it starts.
             shutil.rmtree(model)
             stack.namespace.refresh()
-            stack.mover.note_open(node)
+            stack.placement.events.hint(FileOpened(node))
             await trio.testing.wait_all_tasks_blocked()
             assert stack.mover.jobs() == []
             # Still serving: a later request is answered.
@@ -54,10 +56,8 @@ def test_status_shows_an_open_at_once_before_it_reaches_the_catalog(tmp_path: Pa
         async with running_stack(config) as stack:
             before = await stack.control.status()
             assert [m["last_access"] for m in before["models"]] == [None]
-            node = stack.namespace.resolve("m/a.safetensors")
             opened_at = time.time()
-            handle = await stack.placement.open(node, stack.readpath)
-            await stack.readpath.release(handle.fh)
+            await read_file(stack, "m/a.safetensors")
             # Nothing flushed: the catalog has no access yet.
             assert stack.catalog.files()[0].last_access is None
             after = await stack.control.status()
@@ -91,3 +91,59 @@ def test_a_metrics_scrape_reads_the_catalog_off_the_trio_thread(
 
     trio.run(main)
     assert threads and threading.main_thread() not in threads
+
+
+def test_concurrent_scrapes_read_the_catalog_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = stack_config(tmp_path)
+    (tmp_path / "cold" / "m").mkdir()
+    (tmp_path / "cold" / "m" / "a.safetensors").write_bytes(b"x" * 4096)
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    async def main() -> None:
+        async with running_stack(config) as stack:
+            usage = stack.catalog.tier_usage
+
+            def slow() -> dict[str, int]:
+                nonlocal inside, most
+                with lock:
+                    inside += 1
+                    most = max(most, inside)
+                # Long enough that unbounded worker threads would overlap.
+                time.sleep(0.05)
+                with lock:
+                    inside -= 1
+                return usage()
+
+            monkeypatch.setattr(stack.catalog, "tier_usage", slow)
+            control = stack.control
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(control.metrics)
+
+    trio.run(main)
+    assert most == 1
+
+
+def test_status_without_a_mount_shows_the_last_access_the_catalog_recorded(
+    tmp_path: Path,
+) -> None:
+    config = stack_config(tmp_path)
+    for name in ("m", "other"):
+        (tmp_path / "cold" / name).mkdir()
+        (tmp_path / "cold" / name / "a.safetensors").write_bytes(b"x" * 4096)
+    opened_at = time.time()
+
+    async def main() -> None:
+        async with running_stack(config) as stack:
+            await read_file(stack, "m/a.safetensors")
+            await stack.placement.flush_access()
+
+    trio.run(main)
+    report = offline_report(config)
+    accessed = {m["name"]: m["last_access"] for m in report["models"]}
+    assert accessed["other/a.safetensors"] is None
+    assert accessed["m/a.safetensors"] is not None and accessed["m/a.safetensors"] >= opened_at

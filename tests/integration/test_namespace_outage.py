@@ -10,7 +10,8 @@ import pytest
 
 from tests.fuse.tierutil import bind_over
 from tierfs.errors import NamespaceError
-from tierfs.namespace.merge import ROOT_INODE, ColdStore, Namespace
+from tierfs.namespace.merge import Namespace
+from tierfs.namespace.nodes import ROOT_INODE, ColdStore
 
 
 def names(ns: Namespace, relpath: str) -> set[str]:

@@ -6,56 +6,35 @@ in milliseconds, with the bytes checked by xxh3.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-import xxhash
 
-from tests.integration.stack import Stack, running_stack, stack_config
-from tierfs.fuse.readpath import Backing, OpenFile
-from tierfs.storage.catalog import ReplicaState
-
-MiB = 1 << 20
-
-
-def xxh(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-def cold_file(base: Path, relpath: str, size: int, seed: int) -> bytes:
-    data = random.Random(seed).randbytes(size)
-    path = base / "cold" / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
+from tests.integration.stack import (
+    MiB,
+    Stack,
+    cold_file,
+    hot_models,
+    open_file,
+    promote,
+    running_stack,
+    stack_config,
+    xxh,
+)
+from tierfs.fuse.readpath import OpenFile
+from tierfs.storage.backing import Backing
 
 
-def hot_models(stack: Stack) -> dict[str, str]:
-    """relpath -> xxh3 of its hot copy, for every file the catalog calls hot."""
-    records = {r.id: r for r in stack.catalog.files()}
-    return {
-        records[r.file_id].relpath: xxh(Path(r.path).read_bytes())
-        for r in stack.catalog.replicas()
-        if r.state is ReplicaState.HOT
-    }
-
-
-async def promote(stack: Stack, name: str) -> None:
-    job = await stack.mover.promote(name, reason="command")
-    await job.ended.wait()
-    assert str(job.state) == "done", job.error
-
-
-async def open_and_read(stack: Stack, relpath: str) -> tuple[OpenFile, bytes]:
-    node = stack.namespace.resolve(relpath)
-    handle = await stack.placement.open(node, stack.readpath)
-    data = await stack.readpath.read(handle.fh, 0, node.attrs.size)
-    await stack.readpath.release(handle.fh)
-    return handle, data
+async def open_and_read(stack: Stack, relpath: str) -> tuple[Backing, bytes]:
+    """Open, read and release a file through the FUSE operations; what served it, and its bytes."""
+    info = await open_file(stack, relpath)
+    handle = stack.readpath.handle(info.fh)
+    data = await stack.operations.read(info.fh, 0, handle.size)
+    await stack.operations.release(info.fh)
+    return handle.backing, data
 
 
 def test_making_room_evicts_the_least_recently_opened_model_down_to_the_low_watermark(
@@ -130,9 +109,9 @@ def test_an_open_that_races_an_eviction_falls_back_to_the_cold_file(
                 return await real_open(inode, backing, size)
 
             monkeypatch.setattr(stack.readpath, "open", open_after_eviction)
-            handle, got = await open_and_read(stack, "m.safetensors")
+            backing, got = await open_and_read(stack, "m.safetensors")
             assert [b.tier for b in opened] == ["ram0", "c"]
-            assert handle.backing.tier == "c"
+            assert backing.tier == "c"
             assert xxh(got) == xxh(data)
             assert hot_models(stack) == {}
 
@@ -152,18 +131,17 @@ def test_prefetch_pushes_the_file_one_window_ahead_of_a_sequential_reader(
 
     async def main() -> None:
         async with running_stack(config, push=push) as stack:
-            node = stack.namespace.resolve("m.safetensors")
-            handle = await stack.placement.open(node, stack.readpath)
+            info = await open_file(stack, "m.safetensors")
             request = 128 << 10
             for offset in range(0, MiB, request):
-                got = await stack.readpath.read(handle.fh, offset, request)
+                got = await stack.operations.read(info.fh, offset, request)
                 assert got == data[offset : offset + request]
             # Pushes run on worker threads; wait for them to reach the window's end.
             with trio.fail_after(30):
                 while max((o + len(c) for o, c in pushed.items()), default=0) < MiB + window:
                     await trio.sleep(0.01)
             await trio.testing.wait_all_tasks_blocked()
-            await stack.readpath.release(handle.fh)
+            await stack.operations.release(info.fh)
 
     trio.run(main)
     # Every pushed piece holds the file's own bytes; what the reader did not read itself

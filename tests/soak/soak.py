@@ -21,12 +21,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.fuse.conftest import Mount
 from tests.fuse.crashutil import restart
+from tests.fuse.mounting import Mount
 from tests.soak import junk
 from tests.soak.reader import in_outage
 from tests.soak.world import World, hash_uncached
 from tierfs.errors import ControlError
+from tierfs.states import JobState
 
 log = logging.getLogger("soak")
 REPO = Path(__file__).resolve().parents[2]
@@ -161,7 +162,7 @@ class Soak:
         try:
             job = client.promote(model, "ram1")
             deadline = time.monotonic() + 30
-            while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+            while JobState(job["state"]).active and time.monotonic() < deadline:
                 time.sleep(0.05)
                 job = client.job(job["id"])
             self.add(f"enospc_job_{job['state']}")
@@ -226,7 +227,7 @@ class Soak:
     def wait_idle(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         with self.world.client() as client:
-            while any(j["state"] in ("queued", "running") for j in client.status()["jobs"]):
+            while any(JobState(j["state"]).active for j in client.status()["jobs"]):
                 if time.monotonic() > deadline:
                     self.fail("hangs", "jobs still running after a minute of quiet")
                     return
@@ -248,7 +249,7 @@ class Soak:
             client.demote(cold)
             job = client.pin(hot, "ram0")
             deadline = time.monotonic() + 60
-            while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+            while JobState(job["state"]).active and time.monotonic() < deadline:
                 time.sleep(0.05)
                 job = client.job(job["id"])
             if job["state"] != "done":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.fuse.conftest import Mount, file_hash, write_config, xxh
+from tests.fuse.mounting import Mount, file_hash, write_config, xxh
 from tests.fuse.tierutil import mounts_under, unmount_all_under
 from tierfs.control.client import ControlClient
 

@@ -65,6 +65,13 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
     assert [c.name for c in config.cold] == ["nfs", "local"]
     assert config.tier[0].size == 200 << 30
     assert config.policy.low_watermark == 0.85
+    assert config.placement.strategy == "fastest-fit"
+    assert (
+        load_config(
+            write(stores, GOOD + "[placement]\nstrategy = 'fill-first'\n")
+        ).placement.strategy
+        == "fill-first"
+    )
     assert config.catalog_path == Path("/var/lib/tierfs/catalog.sqlite")
 
 
@@ -105,6 +112,8 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
             "needs default_permissions = true",
         ),
         (GOOD + "[read]\npassthrough = 'on'\n", "read.passthrough", "'require'"),
+        (GOOD + "[placement]\nstrategy = 'widest'\n", "placement.strategy", "'round-robin'"),
+        (GOOD + "[placement]\nstrategi = 'fill-first'\n", "placement.strategi", "unknown key"),
     ],
 )
 def test_each_mistake_is_one_clear_line(

@@ -10,8 +10,10 @@ import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tierfs.errors import NamespaceError
-from tierfs.namespace.merge import ROOT_INODE, ColdStore, Kind, Namespace, NamespaceTreeView
+from tierfs.namespace.inventory import NamespaceTreeView
+from tierfs.namespace.merge import Namespace
 from tierfs.namespace.models import EntryKind
+from tierfs.namespace.nodes import ROOT_INODE, ColdStore, Kind
 
 
 @pytest.fixture

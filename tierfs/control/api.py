@@ -29,7 +29,6 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -38,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tierfs.control.httpserve import serve_unix
+from tierfs.control.metrics import MetricsSnapshot
 from tierfs.errors import ControlError, TierfsError
 
 log = logging.getLogger(__name__)
@@ -151,28 +151,6 @@ async def _body(request: Request, model: type[B]) -> B:
         raise ControlError(f'"{where}": {first["msg"]}', errno=errno.EINVAL) from None
 
 
-class _Snapshot:
-    """The daemon's counters of one scrape, as Prometheus families.
-
-    Gathered by an async call beforehand: prometheus_client collects synchronously, and
-    some counters come from the catalog, which is never read on the trio thread.
-    """
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def collect(self) -> Any:
-        for name, (kind, help_text, samples) in self.data.items():
-            family: Any
-            if kind == "counter":
-                family = CounterMetricFamily(name, help_text, labels=list(samples[0][0]))
-            else:
-                family = GaugeMetricFamily(name, help_text, labels=list(samples[0][0]))
-            for labels, value in samples:
-                family.add_metric(list(labels.values()), value)
-            yield family
-
-
 def make_app(service: ControlService) -> Starlette:
     """The ASGI app of the control API."""
 
@@ -223,7 +201,7 @@ def make_app(service: ControlService) -> Starlette:
     @_json_errors
     async def metrics(request: Request) -> Response:
         registry = CollectorRegistry()
-        registry.register(_Snapshot(await service.metrics()))
+        registry.register(MetricsSnapshot(await service.metrics()))
         Gauge("tierfs_up", "1 while the daemon serves", registry=registry).set(1)
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 

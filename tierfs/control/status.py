@@ -14,9 +14,11 @@ from typing import Any
 from tierfs.config import Config
 from tierfs.errors import TierfsError
 from tierfs.namespace.inventory import Inventory, take_inventory
-from tierfs.namespace.merge import Kind, Namespace
+from tierfs.namespace.merge import Namespace
+from tierfs.namespace.nodes import Kind
 from tierfs.states import JobState, ModelState
-from tierfs.storage.catalog import Catalog, ReplicaState
+from tierfs.storage.catalog import Catalog
+from tierfs.storage.records import ReplicaState
 
 
 def tier_rows(config: Config, usage: dict[str, int]) -> list[dict[str, Any]]:
@@ -134,6 +136,7 @@ def build_report(
         "mountpoint": str(config.mountpoint),
         "cold": [{"name": c.name, "path": str(c.path)} for c in config.cold],
         "tiers": tier_rows(config, catalog.tier_usage()),
+        "strategy": config.placement.strategy,
         "models": models,
         "jobs": jobs,
         "conflicts": [

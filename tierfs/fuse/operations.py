@@ -19,10 +19,13 @@ import pyfuse3
 import trio
 
 from tierfs import xattrs
-from tierfs.errors import TierfsError
+from tierfs.errors import BackingIOError, TierfsError
+from tierfs.fuse.kernel import KernelCache, PyfuseKernel
 from tierfs.fuse.passthrough import ReadMode, ReadModeInfo
-from tierfs.fuse.readpath import ReadPath
-from tierfs.namespace.merge import ROOT_INODE, Kind, Namespace, Node
+from tierfs.fuse.readpath import OpenFile, ReadPath
+from tierfs.namespace.merge import Namespace
+from tierfs.namespace.nodes import ROOT_INODE, Kind, Node
+from tierfs.storage.events import CopyWithdrawn, StorageEvent, consume
 from tierfs.storage.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -65,16 +68,24 @@ class TierfsOperations(pyfuse3.Operations):
         namespace: the merged cold namespace.
         placement: decides which copy serves new opens, and sees every open.
         readpath: open handles and reads.
+        kernel: the kernel's caches (pyfuse3's session unless given).
     """
 
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, namespace: Namespace, placement: Placement, readpath: ReadPath) -> None:
+    def __init__(
+        self,
+        namespace: Namespace,
+        placement: Placement,
+        readpath: ReadPath,
+        kernel: KernelCache | None = None,
+    ) -> None:
         super().__init__()
         self.namespace = namespace
         self.placement = placement
         self.readpath = readpath
+        self.kernel: KernelCache = kernel or PyfuseKernel()
         # Scans of cold directories are blocking I/O; one at a time is plenty.
         self._ns_limiter = trio.CapacityLimiter(1)
         self._dir_handles: dict[int, list[Node]] = {}
@@ -92,29 +103,38 @@ class TierfsOperations(pyfuse3.Operations):
     async def _invalidate_changed(self) -> None:
         # The kernel caches names and attributes for long; tell it what a rescan found.
         for parent, name in self.namespace.take_removed_entries():
-            # A plain invalidation, not a delete notification: the kernel refuses the latter
-            # (ENOTEMPTY) for a directory whose children it still caches.
-            pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+            self.kernel.forget_entry(parent, name)
         for node in self.namespace.take_changed_files():
             await self.placement.cold_changed(node)
             await self._drop_kernel_cache(node)
 
-    async def forget_cached(self, store: str, relpath: str) -> None:
-        """Drop the kernel's cached pages of a file whose backing copy was replaced."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Act on the storage events the FUSE boundary owes the kernel, until cancelled."""
+        channel = self.placement.events.subscribe(CopyWithdrawn)
+        await consume(channel, self._on_storage_event, task_status=task_status)
+
+    async def _on_storage_event(self, event: StorageEvent) -> None:
+        # Pages read from a withdrawn copy (a corrupt one, say) stay in the kernel's
+        # cache, and keep_cache serves them to every later open: drop them.
+        if not isinstance(event, CopyWithdrawn):
+            return
+        store, relpath = event.key
         try:
-            node = await self._ns(self.namespace.resolve, relpath)
+            # Not through `_ns`: that may publish events itself, and wait on this task.
+            node = await trio.to_thread.run_sync(
+                self.namespace.resolve, relpath, limiter=self._ns_limiter
+            )
         except TierfsError:
             return
-        if node.kind is not Kind.FILE or node.store != store:
-            return
-        await self._drop_kernel_cache(node)
+        if node.kind is Kind.FILE and node.store == store:
+            await self._drop_kernel_cache(node)
 
     async def _drop_kernel_cache(self, node: Node) -> None:
         """Make the kernel forget a file's cached pages and attributes."""
         self.readpath.forget_inode(node.inode)
         try:
             # Off the trio thread: dropping pages may wait on a read it must answer.
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.inode, False)
+            await trio.to_thread.run_sync(self.kernel.forget_inode, node.inode)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("invalidating %s failed: %s", node.relpath, exc)
@@ -223,7 +243,7 @@ class TierfsOperations(pyfuse3.Operations):
             # or its old hot copy and old size would keep being served.
             await trio.to_thread.run_sync(self.namespace.refresh_file, node)
             await self._invalidate_changed()
-            handle = await self.placement.open(node, self.readpath)
+            handle = await self._open_serving_copy(node)
             # Never direct_io: it breaks mmap(MAP_SHARED), which llama.cpp uses, and
             # would send passthrough reads back to the daemon.
             info = pyfuse3.FileInfo(fh=handle.fh, direct_io=False)
@@ -237,6 +257,24 @@ class TierfsOperations(pyfuse3.Operations):
                 info.keep_cache = True
             return info
 
+    async def _open_serving_copy(self, node: Node) -> OpenFile:
+        """Open the copy that serves `node`, counted as an open by the registry.
+
+        An eviction withdraws a hot copy before deleting it, but the open of its path runs
+        on a worker thread and may come after the delete. The reader must not see that:
+        the copy is chosen again, which by then is the cold file.
+        """
+        backing = await self.placement.opening(node)
+        while True:
+            try:
+                return await self.readpath.open(node.inode, backing, node.attrs.size)
+            except BackingIOError as exc:
+                again = self.placement.serving(node)
+                if exc.errno != errno.ENOENT or again == backing:
+                    raise
+                log.debug("%s was evicted while being opened; opening again", backing.path)
+                backing = again
+
     async def read(self, fh: int, off: int, size: int) -> bytes:
         async with _fuse_errors():
             return await self.readpath.read(fh, off, size)
@@ -245,7 +283,7 @@ class TierfsOperations(pyfuse3.Operations):
         async with _fuse_errors():
             handle = await self.readpath.release(fh)
             node = self.namespace.get(handle.inode)
-            self.placement.closed(handle, (node.store, node.relpath))
+            self.placement.closed((node.store, node.relpath), handle.bytes_read)
 
     # Extended attributes ---------------------------------------------------------------
 
@@ -266,7 +304,7 @@ class TierfsOperations(pyfuse3.Operations):
                 if digest is None:
                     raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
                 return digest.encode()
-            backing = self.placement.backing_for_xattr(node)
+            backing = self.placement.serving(node)
             if name == XATTR_TIER:
                 return backing.tier.encode()
             return os.fsencode(str(backing.path))

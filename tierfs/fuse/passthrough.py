@@ -30,12 +30,10 @@ import logging
 import os
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import pyfuse3
 
-if TYPE_CHECKING:
-    from tierfs.fuse.readpath import Backing
+from tierfs.storage.backing import Backing
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,9 @@ import trio
 
 from tierfs.config import ReadConfig
 from tierfs.errors import BackingIOError
+from tierfs.faults import pause_point
 from tierfs.fuse.passthrough import BackingRegistry
-from tierfs.ops.faults import pause_point
+from tierfs.storage.backing import Backing
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ PAGE = 4096
 
 # (inode, offset, data); data is any contiguous buffer, as pyfuse3.notify_store takes.
 PushFn = Callable[[int, int, Any], None]
-
-
-@dataclass(frozen=True)
-class Backing:
-    """Where the bytes of a file come from for new opens."""
-
-    tier: str
-    path: Path
 
 
 @dataclass

@@ -23,105 +23,24 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 
 from tierfs.errors import NamespaceError
-from tierfs.namespace.identity import FileIdentity
-from tierfs.namespace.models import EntryKind
+from tierfs.namespace.nodes import (
+    ROOT_INODE,
+    Attrs,
+    ColdStore,
+    Conflict,
+    Kind,
+    Node,
+    join,
+    kind_of,
+)
 
 log = logging.getLogger(__name__)
 
-ROOT_INODE = 1
 RACY_WINDOW_NS = 2_000_000_000
-
-
-class Kind(Enum):
-    """What a namespace entry is."""
-
-    FILE = "file"
-    DIR = "dir"
-    SYMLINK = "symlink"
-
-
-@dataclass(frozen=True)
-class Attrs:
-    """The attributes presented for an entry, taken from its cold source."""
-
-    mode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    uid: int
-    gid: int
-    blocks: int
-    ino: int
-    dev: int
-
-    @classmethod
-    def from_stat(cls, st: os.stat_result) -> Attrs:
-        return cls(
-            mode=st.st_mode,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            blocks=st.st_blocks,
-            ino=st.st_ino,
-            dev=st.st_dev,
-        )
-
-    @property
-    def identity(self) -> FileIdentity:
-        return FileIdentity(self.size, self.mtime_ns, self.ctime_ns, self.ino, self.dev)
-
-
-@dataclass(frozen=True)
-class ColdStore:
-    """A read-only store merged into the namespace."""
-
-    name: str
-    root: Path
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """A name that several stores provide; `winner` serves it."""
-
-    relpath: str
-    winner: str
-    losers: tuple[str, ...]
-
-
-@dataclass
-class Node:
-    """One entry of the namespace. `relpath` is POSIX-style; the root's is ``""``."""
-
-    inode: int
-    parent: int
-    name: str
-    relpath: str
-    kind: Kind
-    attrs: Attrs
-    # The store that serves this entry and its absolute path there (for a directory,
-    # the first store that has it).
-    store: str
-    source: Path
-    target: str | None = None
-    children: dict[str, int] | None = None
-    # (store, mtime_ns) of every backing directory when this directory was last scanned.
-    stamp: tuple[tuple[str, int], ...] | None = None
-    scanned_ns: int = 0
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind is Kind.DIR
-
-
-def join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
 
 
 class Namespace:
@@ -374,7 +293,7 @@ class Namespace:
                     est = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if _kind(est.st_mode) is None:
+                if kind_of(est.st_mode) is None:
                     continue
                 name = entry.name
                 providers.setdefault(name, []).append(store.name)
@@ -423,7 +342,7 @@ class Namespace:
         source: Path,
         est: os.stat_result,
     ) -> int:
-        kind = _kind(est.st_mode)
+        kind = kind_of(est.st_mode)
         assert kind is not None
         attrs = Attrs.from_stat(est)
         inode = self._inode_by_path.get(relpath)
@@ -480,57 +399,3 @@ class Namespace:
                 node.attrs = replace(attrs)
                 self._changed.append(node)
         return node
-
-
-def _kind(mode: int) -> Kind | None:
-    if stat.S_ISREG(mode):
-        return Kind.FILE
-    if stat.S_ISDIR(mode):
-        return Kind.DIR
-    if stat.S_ISLNK(mode):
-        return Kind.SYMLINK
-    return None
-
-
-class NamespaceTreeView:
-    """The merged namespace seen through `tierfs.namespace.models.TreeView`, for model detection.
-
-    Errors surface as ``OSError``, as the protocol asks.
-    """
-
-    def __init__(self, namespace: Namespace) -> None:
-        self.namespace = namespace
-
-    def _node(self, rel: str) -> Node:
-        try:
-            return self.namespace.resolve(rel)
-        except NamespaceError as exc:
-            raise OSError(exc.errno, str(exc), rel) from None
-
-    def listdir(self, rel: str) -> list[tuple[str, EntryKind]]:
-        node = self._node(rel)
-        try:
-            children = self.namespace.listdir(node.inode)
-        except NamespaceError as exc:
-            raise OSError(exc.errno, str(exc), rel) from None
-        return [(child.name, _ENTRY_KIND[child.kind]) for child in children]
-
-    def stat(self, rel: str) -> tuple[EntryKind, int]:
-        node = self._node(rel)
-        return _ENTRY_KIND[node.kind], node.attrs.size
-
-    def readlink(self, rel: str) -> str:
-        node = self._node(rel)
-        if node.kind is not Kind.SYMLINK or node.target is None:
-            raise OSError(errno.EINVAL, "not a symlink", rel)
-        return node.target
-
-    def read_text(self, rel: str, limit: int) -> str:
-        node = self._node(rel)
-        if node.kind is not Kind.FILE:
-            raise OSError(errno.EISDIR if node.is_dir else errno.EINVAL, "not a file", rel)
-        with open(node.source, "rb") as f:
-            return f.read(limit).decode("utf-8")
-
-
-_ENTRY_KIND = {Kind.FILE: EntryKind.FILE, Kind.DIR: EntryKind.DIR, Kind.SYMLINK: EntryKind.SYMLINK}

@@ -1,3 +1,4 @@
-"""Operations around the mount: fsck and repair, fault points for crash tests, logging
-set-up, the install command and the demo store builder.
+"""Operations around the mount: fsck and repair, logging set-up, the install command and
+the demo store builder. May import the namespace, storage and the shared modules at the
+package root; never the FUSE boundary, the daemon or the control plane.
 """

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from tierfs.namespace.identity import FileIdentity
-from tierfs.storage.catalog import Catalog, FileRecord, Replica, ReplicaState
+from tierfs.storage.catalog import Catalog
 from tierfs.storage.copier import CopyError, copy_file, hash_file
+from tierfs.storage.records import FileRecord, Replica, ReplicaState
 from tierfs.storage.tiers import Tier, unlink_quietly
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import logging
 import os
 import re
 import shlex
@@ -30,8 +29,6 @@ from tierfs.config import (
     to_toml,
 )
 from tierfs.errors import ConfigError, TierfsError
-
-log = logging.getLogger(__name__)
 
 UNIT_NAME = "tierfs.service"
 UNIT_DIR = Path("/etc/systemd/system")

@@ -77,6 +77,7 @@ def copy_file(
     final: Path,
     *,
     expected_size: int,
+    expected_xxh3: str | None = None,
     chunk: int = DEFAULT_CHUNK,
     depth: int = DEFAULT_DEPTH,
     progress: Callable[[int], None] | None = None,
@@ -92,6 +93,8 @@ def copy_file(
         final: where the hot copy goes; replaced atomically by rename.
         expected_size: the size the catalog knows; a different size means the file
             changed underneath, and the copy is refused.
+        expected_xxh3: the hash the bytes must have (a copy of a hot copy is checked
+            against the hash recorded when that one was made).
         chunk: bytes per read; a multiple of 4096.
         depth: reads in flight.
         progress: called with the number of bytes just copied.
@@ -113,6 +116,11 @@ def copy_file(
         result = _copy_and_hash(
             source, temp, expected_size, chunk, depth, progress, cancelled, pause_hook, durable
         )
+        if expected_xxh3 is not None and result.xxh3 != expected_xxh3:
+            raise CopyVerifyError(
+                f"{source} hashes {result.xxh3}, not the recorded {expected_xxh3}",
+                path=str(source),
+            )
         if pause_hook:
             pause_hook("copy_written")
         os.chmod(temp, 0o444)

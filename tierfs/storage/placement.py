@@ -1,30 +1,29 @@
-"""Placement: which copy of a file serves new opens, and what is known about it.
+"""The replica registry: which copy of a file serves new opens, and what is known about it.
 
-The FUSE layer asks this module, never the catalog directly. A file is served from its
-cold store until the mover registers a complete, verified hot copy here; the mover
-withdraws the copy here before it deletes it. Open handles are not affected either way:
-they keep the fd of the copy they were opened on.
+The FUSE layer asks this module, never the catalog directly, and only this module changes
+which copy serves. A file is served from its cold store until a complete, verified hot
+copy is registered here (`serve`); a copy is withdrawn here (`withdraw`) before anything
+deletes it. Open handles are not affected either way: they keep the fd of the copy they
+were opened on. What the registry sees (opens, changed cold files, copies withdrawn for
+bad bytes) it publishes on `events` (see `tierfs.storage.events`).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from tierfs.errors import BackingIOError
-from tierfs.fuse.readpath import Backing, OpenFile, ReadPath
 from tierfs.namespace.merge import Node
-from tierfs.storage.catalog import AccessDelta, Catalog, FileRecord, ReplicaState
+from tierfs.storage.backing import Backing, FileKey
+from tierfs.storage.catalog import Catalog
+from tierfs.storage.events import ColdChanged, CopyWithdrawn, FileOpened, StorageEvents
+from tierfs.storage.records import AccessDelta, FileRecord, ReplicaState
 
 log = logging.getLogger(__name__)
-
-FileKey = tuple[str, str]  # (cold store, relpath)
 
 
 @dataclass
@@ -35,7 +34,8 @@ class _Access:
 
 
 class Placement:
-    """Resolve backing copies and gather access statistics.
+    """The replica registry: the copy serving each file, the catalog's records of files,
+    and their access statistics; it publishes what it sees on `events`.
 
     Args:
         catalog: where hashes and hot replicas are read from and access statistics go.
@@ -48,10 +48,7 @@ class Placement:
         self._pending: dict[FileKey, _Access] = {}
         self._last_access: dict[FileKey, float] = {}
         self._catalog_limiter = trio.CapacityLimiter(1)
-        # Set by the mover: sees every open (transparent promotion), and every cold
-        # file that changed underneath (its hot copies must go).
-        self.on_open: Callable[[Node], None] | None = None
-        self.on_cold_changed: Callable[[str, str], Awaitable[None]] | None = None
+        self.events = StorageEvents()
 
     async def load(self) -> None:
         """Read what the catalog knows: file records and verified hot copies."""
@@ -81,21 +78,34 @@ class Placement:
             return None
         return record
 
-    def set_record(self, record: FileRecord) -> None:
+    def note_record(self, record: FileRecord) -> None:
+        """Remember the catalog's current record of a file (its identity and hash)."""
         self._records[(record.store, record.relpath)] = record
 
     def hot_backing(self, key: FileKey) -> Backing | None:
         return self._hot.get(key)
 
-    def set_hot(self, key: FileKey, backing: Backing | None) -> None:
-        """Serve new opens of a file from `backing`, or from cold when None."""
-        if backing is None:
-            self._hot.pop(key, None)
-        else:
-            self._hot[key] = backing
+    def serve(self, record: FileRecord, backing: Backing) -> None:
+        """Serve new opens of a file from a verified hot copy the catalog calls ``hot``."""
+        key = (record.store, record.relpath)
+        self._records[key] = record
+        self._hot[key] = backing
 
-    def backing_for_xattr(self, node: Node) -> Backing:
-        return self._hot.get((node.store, node.relpath)) or Backing(node.store, node.source)
+    def withdraw(self, key: FileKey, backing: Backing | None = None) -> None:
+        """Serve new opens of a file from cold again, before its copy is deleted.
+
+        Args:
+            key: the file.
+            backing: withdraw only this copy: a file already served by another copy (moved
+                to another tier meanwhile) keeps that one.
+        """
+        if backing is None or self._hot.get(key) == backing:
+            self._hot.pop(key, None)
+
+    async def withdraw_stale(self, key: FileKey) -> None:
+        """Withdraw a copy whose bytes were found wrong; pages cached from it must go too."""
+        self.withdraw(key)
+        await self.events.publish(CopyWithdrawn(key))
 
     def last_access(self, key: FileKey) -> float:
         return self._last_access.get(key, 0.0)
@@ -104,15 +114,15 @@ class Placement:
         """Every file's last open, including those not yet flushed to the catalog."""
         return dict(self._last_access)
 
-    async def open(self, node: Node, readpath: ReadPath) -> OpenFile:
-        """Open the copy that serves `node` now; the open is counted.
+    def serving(self, node: Node) -> Backing:
+        """The copy that serves new opens of `node` now: its hot copy, or its cold file."""
+        return self._hot.get((node.store, node.relpath)) or Backing(node.store, node.source)
 
-        A hot copy can be withdrawn and deleted by an eviction between choosing it and
-        opening it (the open runs on a worker thread). The reader must not see that: the
-        copy is chosen again, which then falls back to cold.
+    async def opening(self, node: Node) -> Backing:
+        """Count an open of `node` and return the copy that serves it now.
 
-        Raises:
-            BackingIOError: the copy that serves the file cannot be opened.
+        A hot copy can be withdrawn and deleted between this answer and the open of its
+        path; the caller then asks `serving` again, which has fallen back to cold.
         """
         key = (node.store, node.relpath)
         if self.record_of(node) is None:
@@ -124,34 +134,28 @@ class Placement:
         access.opens += 1
         access.last_access = now
         self._last_access[key] = now
-        if self.on_open is not None:
-            self.on_open(node)
-        cold = Backing(node.store, node.source)
-        while True:
-            backing = self._hot.get(key) or cold
-            try:
-                return await readpath.open(node.inode, backing, node.attrs.size)
-            except BackingIOError as exc:
-                # Worth another try only for a hot copy that vanished and that placement
-                # has since stopped serving (eviction withdraws before it deletes).
-                if exc.errno != errno.ENOENT or backing == cold or self._hot.get(key) == backing:
-                    raise
-                log.debug("%s was evicted while being opened; opening again", backing.path)
+        self.events.hint(FileOpened(node))
+        return self.serving(node)
 
-    def closed(self, handle: OpenFile, key: FileKey) -> None:
-        self._pending.setdefault(key, _Access()).bytes_read += handle.bytes_read
+    def closed(self, key: FileKey, bytes_read: int) -> None:
+        """Count the bytes a closed handle read through the daemon."""
+        self._pending.setdefault(key, _Access()).bytes_read += bytes_read
 
     def xxh3_of(self, node: Node) -> str | None:
         record = self.record_of(node)
         return record.xxh3 if record else None
 
     async def cold_changed(self, node: Node) -> None:
-        """A cold file changed underneath: stop serving any copy of its old bytes."""
+        """A cold file changed underneath: stop serving any copy of its old bytes.
+
+        Returns once the subscribers have acted on it (the mover deleted the copies), so
+        the change is complete when the request that found it is answered.
+        """
         key = (node.store, node.relpath)
-        self.set_hot(key, None)
+        self.withdraw(key)
         await self._sync_record(node)
-        if self.on_cold_changed is not None:
-            await self.on_cold_changed(*key)
+        await self.events.publish(ColdChanged(key))
+        await self.events.settled(ColdChanged)
 
     async def _sync_record(self, node: Node) -> None:
         record = await trio.to_thread.run_sync(
@@ -161,7 +165,7 @@ class Placement:
             node.attrs.identity,
             limiter=self._catalog_limiter,
         )
-        self.set_record(record)
+        self.note_record(record)
 
     async def flush_access(self) -> None:
         """Write gathered access statistics to the catalog."""

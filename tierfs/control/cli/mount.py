@@ -38,11 +38,11 @@ def mount(
 
         Daemon(cfg).run()
         return
-    from tierfs.daemon.service import spawn_daemon
+    from tierfs.daemon.spawn import spawn_daemon
 
     config_path = (config or Path(os.environ.get("TIERFS_CONFIG", DEFAULT_CONFIG_PATH))).resolve()
     log_file = cfg.state_dir / "tierfs.log"
-    pid = spawn_daemon(config_path, cfg, log_file)
+    pid = spawn_daemon(config_path, cfg.mountpoint, log_file)
     out.print(f"tierfs mounted at {esc(cfg.mountpoint)} (pid {pid}, log {esc(log_file)})")
 
 
@@ -53,7 +53,7 @@ def unmount(
     config: ConfigOption = None,
 ) -> None:
     """Unmount a tierfs mount (the daemon then exits by itself)."""
-    from tierfs.daemon.service import is_tierfs, lazy_unmount
+    from tierfs.daemon.mounting import is_tierfs, lazy_unmount
     from tierfs.errors import MountError
     from tierfs.mountinfo import mount_entry
 

@@ -84,6 +84,7 @@ def _print_report(data: dict[str, Any]) -> None:
             highlight=False,
             markup=False,
         )
+    out.print(f"placement strategy: {data['strategy']}", highlight=False, markup=False)
     _print_table(
         "Cold stores (read-only)",
         ("name", "path"),
