@@ -32,6 +32,7 @@ from tierfs.namespace.merge import Namespace
 from tierfs.namespace.nodes import ColdStore
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
+from tierfs.storage.mover.context import MoverContext
 from tierfs.storage.placement import Placement
 from tierfs.storage.records import ReplicaState
 from tierfs.storage.tiers import HOT_DIR, TMP_DIR, Tier
@@ -130,7 +131,7 @@ async def running_stack(config: Config, push: PushFn | None = None) -> AsyncIter
         readpath = ReadPath(config.read, push=push)
         kernel = RecordingKernel()
         operations = TierfsOperations(namespace, placement, readpath, kernel)
-        mover = Mover(config, catalog, namespace, placement, tiers)
+        mover = Mover(MoverContext(config, catalog, namespace, placement, tiers))
         async with trio.open_nursery() as nursery:
             await nursery.start(readpath.run)
             await nursery.start(operations.run)

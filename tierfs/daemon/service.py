@@ -34,6 +34,7 @@ from tierfs.namespace.nodes import ColdStore
 from tierfs.ops.fsck import FsckReport, check
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
+from tierfs.storage.mover.context import MoverContext
 from tierfs.storage.placement import Placement
 from tierfs.storage.tiers import prepare_tiers, release_fresh_tiers
 
@@ -76,7 +77,9 @@ class Daemon:
             self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
             self.tiers = prepare_tiers(config.tier)
             undo.callback(release_fresh_tiers, self.tiers)
-            self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
+            self.mover = Mover(
+                MoverContext(config, self.catalog, self.namespace, self.placement, self.tiers)
+            )
             self.control = DaemonControl(self)
             undo.pop_all()
         self._mounted = False

@@ -17,12 +17,10 @@ from typing import Literal, get_args
 
 import trio
 
-from tierfs.config import Config, PlacementConfig, format_size
+from tierfs.config import PlacementConfig, format_size
 from tierfs.errors import ConfigError, TierError, TierfsError
 from tierfs.namespace.inventory import Inventory
-from tierfs.namespace.merge import Namespace
 from tierfs.namespace.models import Model
-from tierfs.storage.catalog import Catalog
 from tierfs.storage.events import ColdChanged, FileOpened, StorageEvent, consume
 from tierfs.storage.mover.context import MoverContext
 from tierfs.storage.mover.eviction import Evictor
@@ -30,7 +28,6 @@ from tierfs.storage.mover.jobs import Job, JobBook
 from tierfs.storage.mover.pins import Pins
 from tierfs.storage.mover.policy import PromoteOnOpen
 from tierfs.storage.mover.promotion import Promoter
-from tierfs.storage.placement import Placement
 from tierfs.storage.tiers import Tier
 
 log = logging.getLogger(__name__)
@@ -42,25 +39,16 @@ class Mover:
     """Owns promotions, demotions and eviction for one mount.
 
     Args:
-        config: the mount's config (tiers, policy and placement strategy).
-        catalog: the source of truth.
-        namespace: the merged cold namespace.
-        placement: the replica registry; the mover consumes its events.
-        tiers: the prepared tiers, fastest first.
+        ctx: the mount's parts the mover works on (config, catalog, namespace, the
+            replica registry, whose events the mover consumes, and the tiers, fastest
+            first).
     """
 
-    def __init__(
-        self,
-        config: Config,
-        catalog: Catalog,
-        namespace: Namespace,
-        placement: Placement,
-        tiers: list[Tier],
-    ) -> None:
-        self.ctx = MoverContext(config, catalog, namespace, placement, tiers)
+    def __init__(self, ctx: MoverContext) -> None:
+        self.ctx = ctx
         self.tiers = self.ctx.tiers
         self._jobs = JobBook()
-        copy_limiter = trio.CapacityLimiter(config.policy.max_parallel_copies)
+        copy_limiter = trio.CapacityLimiter(ctx.config.policy.max_parallel_copies)
         self._pins = Pins(self.ctx)
         self._evictor = Evictor(self.ctx, self._jobs, self._pins, copy_limiter)
         self._promoter = Promoter(self.ctx, self._jobs, self._evictor, copy_limiter)
