@@ -91,13 +91,15 @@ def _write(base: Path) -> tuple[lm.Checkpoint, dict[str, str]]:
     return lm.Checkpoint(paths, tfile), expected
 
 
-@pytest.fixture(scope="module", params=["disk", "tmpfs"])
-def checkpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[lm.Checkpoint, dict[str, str]]]:
-    if request.param == "disk":
-        yield _write(tmp_path_factory.mktemp("fair"))
-        return
+@pytest.fixture(scope="module")
+def disk_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[lm.Checkpoint, dict[str, str]]:
+    return _write(tmp_path_factory.mktemp("fair"))
+
+
+@pytest.fixture(scope="module")
+def tmpfs_checkpoint() -> Iterator[tuple[lm.Checkpoint, dict[str, str]]]:
     base = Path(f"/dev/shm/bench-fairness-{os.getpid()}")
     base.mkdir()
     try:
@@ -106,6 +108,15 @@ def checkpoint(
         for p in base.iterdir():
             p.unlink()
         base.rmdir()
+
+
+@pytest.fixture(params=["disk", "tmpfs"])
+def checkpoint(request: pytest.FixtureRequest) -> tuple[lm.Checkpoint, dict[str, str]]:
+    """The same checkpoint on a disk file system and on tmpfs."""
+    found: tuple[lm.Checkpoint, dict[str, str]] = request.getfixturevalue(
+        f"{request.param}_checkpoint"
+    )
+    return found
 
 
 def _mappings() -> list[tuple[int, int, str]]:
@@ -181,12 +192,12 @@ def test_every_tensor_kept_in_owned_memory(
     )
 
 
-def test_views_are_reported_as_views(checkpoint: tuple[lm.Checkpoint, dict[str, str]]) -> None:
+def test_views_are_reported_as_views(
+    tmpfs_checkpoint: tuple[lm.Checkpoint, dict[str, str]],
+) -> None:
     """``copy=False`` is the one method that owns nothing: on tmpfs its tensors are views of
     the files, which the ownership check above must see (so it can fail)."""
-    ck, expected = checkpoint
-    if not ck.paths[0].startswith("/dev/shm/"):
-        pytest.skip("views of the file only come from tmpfs")
+    ck, expected = tmpfs_checkpoint
     keep = _load("loader-views", ck)
     maps = _mappings()
     for name, t in keep.items():
@@ -196,10 +207,11 @@ def test_views_are_reported_as_views(checkpoint: tuple[lm.Checkpoint, dict[str, 
             assert any(backing.endswith(Path(p).name) for p in ck.paths), (name, backing)
 
 
-def test_io_only_bound_keeps_nothing(checkpoint: tuple[lm.Checkpoint, dict[str, str]]) -> None:
-    ck, _ = checkpoint
-    if ck.paths[0].startswith("/dev/shm/"):
-        pytest.skip("O_DIRECT needs a disk file system")
+def test_io_only_bound_keeps_nothing(
+    disk_checkpoint: tuple[lm.Checkpoint, dict[str, str]],
+) -> None:
+    # O_DIRECT, which this bound uses, needs a disk file system.
+    ck, _ = disk_checkpoint
     sizes = {p: os.path.getsize(p) for p in ck.paths}
     assert lm.METHODS["bound-io-only"](ck) == sizes
 
