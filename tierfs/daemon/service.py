@@ -22,8 +22,12 @@ import pyfuse3
 import trio
 
 from tierfs.config import Config
-from tierfs.control.api import serve_control
+from tierfs.control.api import make_app, serve_control
 from tierfs.control.status import build_report
+from tierfs.control.web.auth import load_or_create_token
+from tierfs.control.web.routes import web_routes
+from tierfs.control.web.serve import serve_web
+from tierfs.control.web.settings import current_settings, save_changes, with_changes
 from tierfs.daemon.statedir import StateDir
 from tierfs.errors import MountError
 from tierfs.fuse.operations import TierfsOperations
@@ -163,6 +167,7 @@ class Daemon:
     Args:
         config: the validated configuration.
         on_ready: called once the mount serves.
+        config_path: the file `config` came from, where settings changed live are saved.
 
     Raises:
         MountError: the mountpoint is missing, busy or already served.
@@ -172,8 +177,14 @@ class Daemon:
         NamespaceError: the first cold store cannot be read.
     """
 
-    def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_ready: Callable[[], None] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self._on_ready = on_ready
         # First, so that a tierfs already serving here is named as such rather than as
         # the holder of the state lock, and a refusal mounts no tier tmpfs.
@@ -182,6 +193,9 @@ class Daemon:
         try:
             # The catalog first: a catalog we must refuse leaves no tier tmpfs mounted behind.
             self.catalog = Catalog(config.catalog_path)
+            self.web_token = (
+                load_or_create_token(config.web_token_path) if config.web.listen else None
+            )
         except BaseException:
             self.state.close()
             raise
@@ -307,7 +321,10 @@ class Daemon:
             await nursery.start(self.readpath.run)
             await nursery.start(self._watch_signals)
             await nursery.start(self.mover.run)
-            await nursery.start(serve_control, self.control, self.config.control_socket)
+            app = make_app(self.control, web_routes(self.control))
+            await nursery.start(serve_control, app, self.config.control_socket)
+            if self.web_token is not None:
+                await nursery.start(serve_web, app, self.config.web.listen, self.web_token)
             nursery.start_soon(self._flush_access)
             nursery.start_soon(self._after_init)
             try:
@@ -396,6 +413,7 @@ class DaemonControl:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._fsck_lock = trio.Lock()
+        self._settings_lock = trio.Lock()
 
     async def status(self) -> dict[str, Any]:
         d = self.daemon
@@ -442,6 +460,25 @@ class DaemonControl:
     async def unpin(self, model: str) -> dict[str, Any]:
         found = await self.daemon.mover.model(model)
         return {"model": found.name, "unpinned": await self.daemon.mover.unpin(model)}
+
+    def settings(self) -> dict[str, Any]:
+        return current_settings(self.daemon.config)
+
+    async def update_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate, save to the config file (comments kept), then apply live."""
+        d = self.daemon
+        async with self._settings_lock:
+            path = d.config_path
+            source = str(path or "<config>")
+            # In a worker: validating resolves paths, the mountpoint among them, and a
+            # lookup in our own mount needs this thread to answer it.
+            config = await trio.to_thread.run_sync(with_changes, d.config, changes, source)
+            if path is not None:
+                await trio.to_thread.run_sync(save_changes, path, changes)
+            d.config = d.mover.config = config
+            d.mover.policy = config.policy
+            log.info("settings changed live: %s", changes)
+        return {**current_settings(config), "saved_to": str(path) if path else None}
 
     async def fsck(self, deep: bool) -> dict[str, Any]:
         d = self.daemon

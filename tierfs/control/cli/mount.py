@@ -36,7 +36,8 @@ def mount(
         setup_logging(cfg.log_level)
         from tierfs.daemon.service import Daemon
 
-        Daemon(cfg).run()
+        path = config or Path(os.environ.get("TIERFS_CONFIG", DEFAULT_CONFIG_PATH))
+        Daemon(cfg, config_path=path.resolve()).run()
         return
     from tierfs.daemon.service import spawn_daemon
 
