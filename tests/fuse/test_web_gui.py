@@ -13,14 +13,16 @@ import http.server
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.fuse import tierutil as tu
@@ -76,15 +78,52 @@ def shot(driver: WebDriver, name: str) -> None:
         driver.save_screenshot(str(Path(SHOTS) / f"gui-{name}.png"))
 
 
-def wait(driver: WebDriver, what: str, timeout: float = 60) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=[])
+def wait(driver: WebDriver, timeout: float = 60) -> WebDriverWait[WebDriver]:
+    # The page re-renders its tables as data arrives: an element found a moment ago may
+    # have been replaced, and is simply looked up again.
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    )
 
 
-def row(driver: WebDriver, table: str, attr: str, name: str) -> object:
-    for candidate in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr"):
-        if candidate.get_attribute(f"data-{attr}") == name:
-            return candidate
-    return None
+def cell(driver: WebDriver, table: str, name: str, css: str) -> str | None:
+    """The text of `css` in the row of `table` named `name`, read in one go in the page."""
+    found = driver.execute_script(
+        """
+        const [table, name, css] = arguments;
+        for (const row of document.querySelectorAll("#" + table + " tbody tr")) {
+          if (row.dataset.model === name || row.dataset.pool === name) {
+            const el = row.querySelector(css);
+            return el ? el.textContent : null;
+          }
+        }
+        return null;
+        """,
+        table,
+        name,
+        css,
+    )
+    return None if found is None else str(found)
+
+
+def in_row(driver: WebDriver, table: str, name: str, css: str) -> WebElement:
+    """An element in the row of `table` named `name`, as the page shows it now."""
+    for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr"):
+        if name in (row.get_attribute("data-model"), row.get_attribute("data-pool")):
+            return row.find_element(By.CSS_SELECTOR, css)
+    raise NoSuchElementException(f"no row {name!r} in #{table}")
+
+
+def on_row(
+    driver: WebDriver, table: str, name: str, css: str, act: Callable[[WebElement], None]
+) -> None:
+    """Do `act` on an element of a row, again if the row was re-rendered meanwhile."""
+
+    def attempt(d: WebDriver) -> bool:
+        act(in_row(d, table, name, css))
+        return True
+
+    wait(driver).until(attempt)
 
 
 def fetch_status(driver: WebDriver, path: str) -> object:
@@ -140,33 +179,22 @@ def test_gui_end_to_end(
             for r in driver.find_elements(By.CSS_SELECTOR, "#models tbody tr")
         }
 
-    wait(driver, "the models").until(lambda d: shown() == expected)
-    hostile = row(driver, "models", "model", HOSTILE)
-    assert hostile.find_element(By.CSS_SELECTOR, "td.name").text == HOSTILE  # type: ignore[attr-defined]
+    wait(driver).until(lambda d: shown() == expected)
+    assert cell(driver, "models", HOSTILE, "td.name") == HOSTILE
     assert driver.find_elements(By.CSS_SELECTOR, "#models img") == []
     assert driver.execute_script("return window.pwned === undefined") is True
 
     # Promote to ram0 and watch the transfer, pushed by the server, until it is hot.
-    big = row(driver, "models", "model", wu.HF_MODEL)
-    Select(big.find_element(By.CSS_SELECTOR, "select.tier-choice")).select_by_value("ram0")  # type: ignore[attr-defined]
-    big.find_element(By.CSS_SELECTOR, "button.promote").click()  # type: ignore[attr-defined]
-
-    def progress_text(d: WebDriver) -> str:
-        cell = row(d, "models", "model", wu.HF_MODEL).find_element(By.CSS_SELECTOR, "td.transfer")  # type: ignore[attr-defined]
-        return str(cell.text)
-
-    seen = wait(driver, "progress").until(lambda d: progress_text(d) or False)
+    model = wu.HF_MODEL
+    on_row(
+        driver, "models", model, "select.tier-choice", lambda e: Select(e).select_by_value("ram0")
+    )
+    on_row(driver, "models", model, "button.promote", lambda e: e.click())
+    seen = wait(driver).until(lambda d: cell(d, "models", model, "td.transfer") or "")
     assert "GB/s" in seen and " / " in seen, seen
     shot(driver, "models")
-    wait(driver, "hot").until(
-        lambda d: (
-            row(d, "models", "model", wu.HF_MODEL)
-            .find_element(By.CSS_SELECTOR, "td.state")  # type: ignore[attr-defined]
-            .text
-            == "hot"
-        )
-    )
-    assert progress_text(driver) == ""
+    wait(driver).until(lambda d: cell(d, "models", model, "td.state") == "hot")
+    assert cell(driver, "models", model, "td.transfer") == ""
     for rel in wu.HF_FILES:
         backing = Path(os.fsdecode(os.getxattr(web.mount.mountpoint / rel, "user.tierfs.backing")))
         assert backing.is_relative_to(tier_guard / "ram0"), backing
@@ -176,7 +204,7 @@ def test_gui_end_to_end(
     # Health: a check, and its report.
     driver.find_element(By.ID, "tab-health").click()
     driver.find_element(By.ID, "fsck").click()
-    summary = wait(driver, "fsck").until(
+    summary = wait(driver).until(
         lambda d: (
             d.find_element(By.ID, "fsck-summary").text.startswith("fsck: ")
             and d.find_element(By.ID, "fsck-summary").text
@@ -193,12 +221,12 @@ def test_gui_end_to_end(
     low.clear()
     low.send_keys("0.99")
     driver.find_element(By.ID, "settings-save").click()
-    refused = wait(driver, "refusal").until(lambda d: d.find_element(By.ID, "settings-result").text)
+    refused = wait(driver).until(lambda d: d.find_element(By.ID, "settings-result").text)
     assert "low_watermark (0.99) must not exceed high_watermark" in refused, refused
     low.clear()
     low.send_keys("0.8")
     driver.find_element(By.ID, "settings-save").click()
-    wait(driver, "saved").until(
+    wait(driver).until(
         lambda d: d.find_element(By.ID, "settings-result").text.startswith("Applied")
     )
     assert 'strategy = "round-robin"' in web.mount.config.read_text()
@@ -207,9 +235,7 @@ def test_gui_end_to_end(
     # The pools, and the strategy in use.
     driver.find_element(By.ID, "tab-pools").click()
     assert driver.find_element(By.ID, "strategy").text == "round-robin"
-    ram0 = row(driver, "pools", "pool", "ram0")
-    assert ram0 is not None
-    assert "64.0 MiB" in ram0.text  # type: ignore[attr-defined]
+    assert cell(driver, "pools", "ram0", "td:nth-child(3)") == "64.0 MiB"
     shot(driver, "pools")
 
     # No token, no access; and another site's page cannot act with our cookie.
@@ -229,12 +255,9 @@ def test_gui_end_to_end(
     if not has_pools:
         pytest.xfail("pools API lands with wt-pools")
     driver.find_element(By.ID, "tab-pools").click()
-    ram0 = wait(driver, "pools").until(lambda d: row(d, "pools", "pool", "ram0"))
-    ram0.find_element(By.CSS_SELECTOR, "input.resize-size").send_keys("48M")  # type: ignore[attr-defined]
-    ram0.find_element(By.CSS_SELECTOR, "button.resize").click()  # type: ignore[attr-defined]
-    wait(driver, "resized").until(
-        lambda d: "resize ram0: done" in d.find_element(By.ID, "pool-steps").text
-    )
+    on_row(driver, "pools", "ram0", "input.resize-size", lambda e: e.send_keys("48M"))
+    on_row(driver, "pools", "ram0", "button.resize", lambda e: e.click())
+    wait(driver).until(lambda d: "resize ram0: done" in d.find_element(By.ID, "pool-steps").text)
     with web.client(token=web.token) as client:
         pools = {p["name"]: p for p in client.get("/api/pools").json()["pools"]}
     assert pools["ram0"]["size"] == 48 * wu.MiB

@@ -6,6 +6,7 @@ whenever they change (and a comment now and then, so proxies keep the stream ope
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,16 +15,26 @@ from typing import Any, Protocol
 
 import trio
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
 
 from tierfs.control.api import ControlService, json_errors, read_body
 from tierfs.control.web.settings import SettingsBody
+from tierfs.errors import ControlError
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+# The page's few small files, read once. Served from memory rather than by FileResponse,
+# whose answers (hypercorn 0.18, pathsend) left a ``Connection: close`` client waiting.
+ASSETS = {
+    path.name: (path.read_bytes(), media)
+    for path, media in (
+        (STATIC / "index.html", "text/html; charset=utf-8"),
+        (STATIC / "app.js", "text/javascript; charset=utf-8"),
+        (STATIC / "style.css", "text/css; charset=utf-8"),
+    )
+}
 EVENT_INTERVAL_S = 0.25
 KEEPALIVE_S = 15.0
 # Our page loads only our own files and talks only to us.
@@ -66,7 +77,16 @@ def web_routes(service: WebService) -> list[BaseRoute]:
     """The GUI's routes, to add to `tierfs.control.api.make_app`."""
 
     async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+        body, media = ASSETS["index.html"]
+        return Response(body, media_type=media, headers=PAGE_HEADERS)
+
+    @json_errors
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in ASSETS or name == "index.html":
+            raise ControlError(f"no such file: /static/{name}", errno=errno.ENOENT)
+        body, media = ASSETS[name]
+        return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
 
     async def events(request: Request) -> Response:
         return StreamingResponse(
@@ -89,5 +109,5 @@ def web_routes(service: WebService) -> list[BaseRoute]:
         Route("/api/events", events),
         Route("/api/settings", get_settings, methods=["GET"]),
         Route("/api/settings", post_settings, methods=["POST"]),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/static/{name}", asset),
     ]
