@@ -190,8 +190,11 @@ def test_gui_end_to_end(
         driver, "models", model, "select.tier-choice", lambda e: Select(e).select_by_value("ram0")
     )
     on_row(driver, "models", model, "button.promote", lambda e: e.click())
-    seen = wait(driver).until(lambda d: cell(d, "models", model, "td.transfer") or "")
-    assert "GB/s" in seen and " / " in seen, seen
+    # Bytes moving: each file pauses once copied, so the count sits past zero a while.
+    seen = wait(driver).until(
+        lambda d: (t := cell(d, "models", model, "td.transfer") or "") and " 0 B /" not in t and t
+    )
+    assert "GB/s" in seen and " / 5.0 MiB" in seen, seen
     shot(driver, "models")
     wait(driver).until(lambda d: cell(d, "models", model, "td.state") == "hot")
     assert cell(driver, "models", model, "td.transfer") == ""
