@@ -239,3 +239,13 @@ def test_gui_command_prints_a_working_login_url(web: wu.WebMount) -> None:
         answer = client.get(url)
         assert answer.status_code == 200 and "<title>tierfs</title>" in answer.text
         assert answer.url == httpx.URL(web.url + "/")
+
+
+def test_the_soaks_junk_target_works_against_the_listener(web: wu.WebMount) -> None:
+    from tests.soak import junk
+
+    target = junk.HttpTarget.tcp("web", web.url, web.token, [wu.HF_MODEL])
+    sent, failures = junk.http_round(target, examples=40)
+    assert sent >= 40 and failures == [], failures
+    with web.client(token=web.token) as client:
+        assert client.get("/api/status").status_code == 200
