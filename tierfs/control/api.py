@@ -15,6 +15,10 @@ where a boolean belongs are refused; every error, unknown paths included, is
 - ``POST /api/pin {"model", "tier"?}`` and ``POST /api/unpin {"model"}``.
 - ``POST /api/fsck {"deep"?}``: check and repair; returns the report.
 - ``GET  /metrics``: Prometheus metrics.
+
+The daemon adds the web GUI's routes to the same app (`tierfs.control.web.routes`: the
+page, ``GET /api/events`` and ``GET|POST /api/settings``) and serves it on the socket
+and, behind a token, on ``[web] listen`` (`tierfs.control.web`).
 """
 
 from __future__ import annotations
