@@ -86,6 +86,9 @@ def test_login_url_sets_a_strict_httponly_cookie_and_drops_the_token(web: wu.Web
         assert answer.headers["location"] == "/"
         cookie = answer.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+        # Named after the port: another daemon on this host keeps its own login.
+        port = web.url.rsplit(":", 1)[1]
+        assert cookie.startswith(f"tierfs_token_{port}="), cookie
         page = client.get("/")
         assert page.status_code == 200
         assert '<script src="/static/app.js"' in page.text

@@ -21,7 +21,6 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 
@@ -29,7 +28,7 @@ from tierfs.errors import ControlError
 
 log = logging.getLogger(__name__)
 
-COOKIE = "tierfs_token"
+COOKIE_PREFIX = "tierfs_token_"
 CSRF_HEADER = "x-tierfs-request"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -87,6 +86,13 @@ def read_token(path: Path) -> str:
     return text
 
 
+def cookie_name(request: Request) -> str:
+    """The login cookie of this listener: cookies ignore ports, so two daemons on one host
+    (on two ports) would otherwise log each other out."""
+    server = request.scope.get("server")
+    return f"{COOKIE_PREFIX}{server[1] if server else 0}"
+
+
 def _refuse(status: int, message: str) -> JSONResponse:
     code = errno.EACCES if status == 401 else errno.EPERM
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -128,13 +134,14 @@ class TokenGate:
             if not self._matches(offered):
                 return _refuse(401, "wrong token in the login URL; see `tierfs gui`")
             # The token leaves the URL (and so history and Referer) at once.
-            target = URL(scope=request.scope).replace(query="")
-            answer = RedirectResponse(str(target.path), status_code=303)
-            answer.set_cookie(COOKIE, offered, httponly=True, samesite="strict", path="/")
+            answer = RedirectResponse("/", status_code=303)
+            answer.set_cookie(
+                cookie_name(request), offered, httponly=True, samesite="strict", path="/"
+            )
             return answer
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         by_bearer = scheme.lower() == "bearer" and self._matches(bearer.strip())
-        by_cookie = not by_bearer and self._matches(request.cookies.get(COOKIE))
+        by_cookie = not by_bearer and self._matches(request.cookies.get(cookie_name(request)))
         if not (by_bearer or by_cookie):
             return _refuse(401, "a token is needed: open the URL that `tierfs gui` prints")
         if request.method in SAFE_METHODS:
