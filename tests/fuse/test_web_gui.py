@@ -204,6 +204,17 @@ def test_gui_end_to_end(
         assert tu.file_hash(backing) == hashes[rel], rel
     assert tu.model_of(tu.status(web.mount.state_dir), wu.HF_MODEL)["tiers"] == ["ram0"]
 
+    # Demote, pin (which promotes again), unpin.
+    on_row(driver, "models", model, "button.demote", lambda e: e.click())
+    wait(driver).until(lambda d: cell(d, "models", model, "td.state") == "cold")
+    assert tu.model_of(tu.status(web.mount.state_dir), model)["tiers"] == []
+    on_row(driver, "models", model, "button.pin", lambda e: e.click())
+    wait(driver).until(lambda d: cell(d, "models", model, "td:nth-child(6)") == "pinned to ram0")
+    wait(driver).until(lambda d: cell(d, "models", model, "td.state") == "hot")
+    on_row(driver, "models", model, "button.unpin", lambda e: e.click())
+    wait(driver).until(lambda d: cell(d, "models", model, "td:nth-child(6)") == "")
+    assert not tu.model_of(tu.status(web.mount.state_dir), model)["pinned"]
+
     # Health: a check, and its report.
     driver.find_element(By.ID, "tab-health").click()
     driver.find_element(By.ID, "fsck").click()
@@ -214,6 +225,12 @@ def test_gui_end_to_end(
         )
     )
     assert "clean" in summary and "3 hot copies checked" in summary, summary
+    driver.find_element(By.ID, "fsck-deep").click()
+    deep = wait(driver).until(
+        lambda d: "re-hashed" in (t := d.find_element(By.ID, "fsck-summary").text) and t
+    )
+    # Each hot copy and its cold file: twice the model's 5 MiB.
+    assert "clean" in deep and "10.0 MiB re-hashed" in deep, deep
     shot(driver, "health")
 
     # Settings: applied and saved.
