@@ -53,9 +53,20 @@ class WebMount:
         return (self.mount.state_dir / "web.token").read_text().strip()
 
     def client(self, token: str | None = None) -> httpx.Client:
-        """A client of the web listener; with the bearer `token` when one is given."""
+        """A client of the web listener; with the bearer `token` when one is given.
+
+        A fresh connection for every request: one left idle while a test waits on the
+        mount can be closed by the server (keep-alive timeout) just as the next request
+        goes out on it, which says nothing about the listener (the soak's junk client
+        does the same).
+        """
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=30,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
 
 def web_mount(
