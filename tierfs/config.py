@@ -190,6 +190,26 @@ class ReadConfig(_Strict):
         return value
 
 
+def _check_listen(value: str) -> str:
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'{value!r} is not HOST:PORT (or "" to turn the web GUI off)')
+    return value
+
+
+class WebConfig(_Strict):
+    """The web GUI and its API over HTTP, behind a token."""
+
+    # HOST:PORT to serve on; "" turns the web listener off.
+    listen: str = "127.0.0.1:5050"
+    # The bearer token; created (mode 0600) at first start. Default: <state_dir>/web.token.
+    token_file: PathValue | None = None
+
+    _listen = field_validator("listen")(_check_listen)
+
+
 class Config(_Strict):
     """The whole configuration of one tierfs mount."""
 
@@ -204,6 +224,7 @@ class Config(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     read: ReadConfig = Field(default_factory=ReadConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @field_validator("mountpoint", "state_dir")
     @classmethod
@@ -274,6 +295,10 @@ class Config(_Strict):
     @property
     def control_socket(self) -> Path:
         return self.state_dir / "control.sock"
+
+    @property
+    def web_token_path(self) -> Path:
+        return self.web.token_file or self.state_dir / "web.token"
 
 
 def _unique(values: list[str], section: str, key: str) -> None:
@@ -389,7 +414,10 @@ def to_toml(config: Config) -> str:
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     for key, table in tables:
-        lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        # TOML has no null: an unset optional key (web.token_file) is left out.
+        lines += ["", f"[{key}]"] + [
+            f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None
+        ]
     for key, items in arrays:
         for item in items:
             lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]

@@ -57,6 +57,9 @@ def write_config(
     `top` holds top-level keys; `extra` is appended after the tables ([[tier]], [policy]).
     `passthrough` goes into the [read] table, which `extra` may already hold.
     """
+    # Test mounts run side by side: none gets the web listener unless its test asks.
+    if "[web]" not in extra:
+        extra = extra + '\n[web]\nlisten = ""\n'
     setting = f"passthrough = {_toml_value(passthrough or READ_MODE)}\n"
     if "[read]\n" in extra:
         extra = extra.replace("[read]\n", "[read]\n" + setting, 1)

@@ -66,6 +66,8 @@ class Stack:
     mover: Mover
     tiers: list[Tier]
     kernel: RecordingKernel
+    # Where live settings would be saved; an in-process stack has no config file.
+    config_path: Path | None = None
 
     @property
     def stores(self) -> dict[str, Path]:

@@ -328,3 +328,29 @@ def test_mount_refusal_is_one_line_when_output_is_piped(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(mountpoint) in lines[0] and "does not exist" in lines[0]
+
+
+# -- tierfs gui ---------------------------------------------------------------------------------
+
+
+def test_gui_prints_the_login_url_or_one_line_saying_why_not(tmp_path: Path, cold: Path) -> None:
+    config = tmp_path / "gui.toml"
+    body = base_config(tmp_path, cold) + cold_table(cold)
+    config.write_text(body + '[web]\nlisten = ""\n')
+    off = tierfs_cli("gui", "--no-browser", "-c", str(config))
+    assert off.returncode == 1 and off.stderr.count("\n") == 1, off.stderr
+    assert "the web GUI is off" in off.stderr
+    config.write_text(body + '[web]\nlisten = "0.0.0.0:5151"\n')
+    token_file = tmp_path / "state" / "web.token"
+    early = tierfs_cli("gui", "--no-browser", "-c", str(config))
+    assert early.returncode == 1 and f"no web token at {token_file}" in early.stderr, early.stderr
+    token_file.parent.mkdir()
+    token_file.write_text("k" * 43 + "\n")
+    token_file.chmod(0o644)
+    loose = tierfs_cli("gui", "--no-browser", "-c", str(config))
+    assert loose.returncode == 1 and "readable by others" in loose.stderr, loose.stderr
+    token_file.chmod(0o600)
+    ok = tierfs_cli("gui", "--no-browser", "-c", str(config))
+    assert ok.returncode == 0, ok.stderr
+    # A wildcard listener is reached on this machine's loopback.
+    assert ok.stdout.strip() == "http://127.0.0.1:5151/?token=" + "k" * 43

@@ -31,8 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="flip bytes in the hot copies once, to show that the soak catches it",
     )
-    parser.add_argument("--web", help="base URL of the web API, to throw junk at it too")
-    parser.add_argument("--web-token-file", help="the web API's token file")
+    parser.add_argument(
+        "--web", help="serve the web API at this base URL (http://HOST:PORT), junk it too"
+    )
+    parser.add_argument(
+        "--web-token-file", help="the web API's token file (default: the state dir's)"
+    )
     return parser.parse_args(argv)
 
 

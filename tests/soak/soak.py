@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.fuse.crashutil import restart
 from tests.fuse.mounting import Mount
@@ -182,11 +183,12 @@ class Soak:
             )
         ]
         if self.args.web:
-            token = (
-                Path(self.args.web_token_file).read_text().strip()
+            token_file = (
+                Path(self.args.web_token_file)
                 if self.args.web_token_file
-                else None
+                else self.world.base / "state" / "web.token"
             )
+            token = token_file.read_text().strip()
             targets.append(junk.HttpTarget.tcp("web", self.args.web, token, self.world.models()))
         valid = self.world.base.joinpath("config.toml").read_text()
         while not self.stop.wait(self.rng.uniform(3, 8)):
@@ -302,7 +304,9 @@ class Soak:
         world.build()
         world.write_outages(self.outages)
         (world.base / "readers").mkdir()
-        self.mount = world.mount().start()
+        # --web URL: the daemon serves its web listener there, and the junk goes to it.
+        listen = urlsplit(self.args.web).netloc if self.args.web else ""
+        self.mount = world.mount(web_listen=listen).start()
         start = time.monotonic()
         end = start + self.args.minutes * 60
         for _ in range(self.args.readers):

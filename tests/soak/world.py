@@ -97,8 +97,11 @@ class World:
     def models(self) -> list[str]:
         return [f"lone/m{i}.gguf" for i in range(len(LONE_SIZES))] + ["hf/mini"]
 
-    def mount(self) -> Mount:
-        """Mount ram1 (a tmpfs of exactly its configured size) and write the config."""
+    def mount(self, web_listen: str = "") -> Mount:
+        """Mount ram1 (a tmpfs of exactly its configured size) and write the config.
+
+        `web_listen` (``HOST:PORT``) turns the daemon's web listener on there.
+        """
         self.ram1.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={RAM1_SIZE},mode=0700", "soak-ram1", self.ram1],
@@ -111,6 +114,7 @@ class World:
             # Opens promote too; a short cooldown keeps models moving.
             '[policy]\npromote_on_open = true\nmin_size = "1M"\ncooldown_s = 2\n'
             "high_watermark = 0.95\nlow_watermark = 0.7\n"
+            f'[web]\nlisten = "{web_listen}"\n'
         )
         mountpoint = self.base / "mnt"
         mountpoint.mkdir(exist_ok=True)

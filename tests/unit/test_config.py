@@ -114,6 +114,9 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
         (GOOD + "[read]\npassthrough = 'on'\n", "read.passthrough", "'require'"),
         (GOOD + "[placement]\nstrategy = 'widest'\n", "placement.strategy", "'round-robin'"),
         (GOOD + "[placement]\nstrategi = 'fill-first'\n", "placement.strategi", "unknown key"),
+        (GOOD + "[web]\nlisten = '5050'\n", "web.listen", "is not HOST:PORT"),
+        (GOOD + "[web]\nlisten = 'localhost:99999'\n", "web.listen", "is not HOST:PORT"),
+        (GOOD + "[web]\nport = 5050\n", "web.port", "unknown key"),
     ],
 )
 def test_each_mistake_is_one_clear_line(
@@ -177,6 +180,19 @@ def test_show_round_trips(stores: FakeFilesystem) -> None:
     again = load_config(write(stores, to_toml(config)))
     assert again == config
     assert isinstance(again, Config)
+    # An unset optional key (TOML has no null) is left out, and stays unset.
+    assert "token_file" not in to_toml(config)
+    assert again.web_token_path == Path("/var/lib/tierfs/web.token")
+    custom = load_config(write(stores, GOOD + '[web]\ntoken_file = "/etc/tierfs/t"\n'))
+    assert load_config(write(stores, to_toml(custom))).web_token_path == Path("/etc/tierfs/t")
+
+
+def test_web_defaults_and_off() -> None:
+    from tierfs.config import WebConfig
+
+    assert WebConfig().listen == "127.0.0.1:5050"
+    assert WebConfig(listen="").listen == ""
+    assert WebConfig(listen="[::1]:8080").listen == "[::1]:8080"
 
 
 def test_format_size_is_human() -> None:

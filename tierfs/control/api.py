@@ -15,6 +15,10 @@ where a boolean belongs are refused; every error, unknown paths included, is
 - ``POST /api/pin {"model", "tier"?}`` and ``POST /api/unpin {"model"}``.
 - ``POST /api/fsck {"deep"?}``: check and repair; returns the report.
 - ``GET  /metrics``: Prometheus metrics.
+
+The daemon adds the web GUI's routes to the same app (`tierfs.control.web.routes`: the
+page, ``GET /api/events`` and ``GET|POST /api/settings``) and serves it on the socket
+and, behind a token, on ``[web] listen`` (`tierfs.control.web`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import trio
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -34,7 +38,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from tierfs.control.httpserve import serve_unix
 from tierfs.control.metrics import MetricsSnapshot
@@ -78,11 +82,13 @@ class ControlService(Protocol):
     async def metrics(self) -> dict[str, Any]: ...
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
+    """A request body: unknown keys and loosely typed values are refused."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class ModelBody(_Body):
+class ModelBody(StrictBody):
     """``{"model"}``: demote, unpin."""
 
     model: str = Field(min_length=1, max_length=MAX_NAME)
@@ -94,14 +100,14 @@ class PlacementBody(ModelBody):
     tier: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
 
 
-class FsckBody(_Body):
+class FsckBody(StrictBody):
     """``{"deep"?}``: a JSON boolean, never a string that looks like one."""
 
     deep: bool = False
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-B = TypeVar("B", bound=_Body)
+B = TypeVar("B", bound=StrictBody)
 
 
 def _error(message: str, code: int, status: int) -> JSONResponse:
@@ -110,7 +116,9 @@ def _error(message: str, code: int, status: int) -> JSONResponse:
     return JSONResponse({"error": message, "errno": code}, status_code=status)
 
 
-def _json_errors(fn: Handler) -> Handler:
+def json_errors(fn: Handler) -> Handler:
+    """Wrap a handler so that every failure is answered as ``{"error", "errno"}`` JSON."""
+
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
@@ -127,7 +135,12 @@ def _json_errors(fn: Handler) -> Handler:
     return wrapper
 
 
-async def _body(request: Request, model: type[B]) -> B:
+async def read_body(request: Request, model: type[B]) -> B:
+    """The request's JSON body, at most `MAX_BODY` bytes, validated as `model`.
+
+    Raises:
+        ControlError: too big (EFBIG), not a JSON object, or not valid (EINVAL).
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise ControlError(f"request body exceeds {MAX_BODY} bytes", errno=errno.EFBIG)
@@ -151,18 +164,23 @@ async def _body(request: Request, model: type[B]) -> B:
         raise ControlError(f'"{where}": {first["msg"]}', errno=errno.EINVAL) from None
 
 
-def make_app(service: ControlService) -> Starlette:
-    """The ASGI app of the control API."""
+def make_app(service: ControlService, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app of the control API.
 
-    @_json_errors
+    Args:
+        service: the daemon's side of the API.
+        extra_routes: more routes on the same app (the web GUI's).
+    """
+
+    @json_errors
     async def status(request: Request) -> Response:
         return JSONResponse(await service.status())
 
-    @_json_errors
+    @json_errors
     async def jobs(request: Request) -> Response:
         return JSONResponse({"jobs": service.jobs()})
 
-    @_json_errors
+    @json_errors
     async def job(request: Request) -> Response:
         try:
             job_id = int(request.path_params["job_id"])
@@ -173,32 +191,32 @@ def make_app(service: ControlService) -> Starlette:
             raise ControlError(f"no job {job_id}", errno=errno.ENOENT)
         return JSONResponse(found)
 
-    @_json_errors
+    @json_errors
     async def promote(request: Request) -> Response:
-        body = await _body(request, PlacementBody)
+        body = await read_body(request, PlacementBody)
         return JSONResponse(await service.promote(body.model, body.tier), 202)
 
-    @_json_errors
+    @json_errors
     async def demote(request: Request) -> Response:
-        body = await _body(request, ModelBody)
+        body = await read_body(request, ModelBody)
         return JSONResponse(await service.demote(body.model))
 
-    @_json_errors
+    @json_errors
     async def pin(request: Request) -> Response:
-        body = await _body(request, PlacementBody)
+        body = await read_body(request, PlacementBody)
         return JSONResponse(await service.pin(body.model, body.tier), 202)
 
-    @_json_errors
+    @json_errors
     async def unpin(request: Request) -> Response:
-        body = await _body(request, ModelBody)
+        body = await read_body(request, ModelBody)
         return JSONResponse(await service.unpin(body.model))
 
-    @_json_errors
+    @json_errors
     async def fsck(request: Request) -> Response:
-        body = await _body(request, FsckBody)
+        body = await read_body(request, FsckBody)
         return JSONResponse(await service.fsck(body.deep))
 
-    @_json_errors
+    @json_errors
     async def metrics(request: Request) -> Response:
         registry = CollectorRegistry()
         registry.register(MetricsSnapshot(await service.metrics()))
@@ -222,21 +240,22 @@ def make_app(service: ControlService) -> Starlette:
             Route("/api/unpin", unpin, methods=["POST"]),
             Route("/api/fsck", fsck, methods=["POST"]),
             Route("/metrics", metrics),
+            *extra_routes,
         ],
     )
 
 
 async def serve_control(
-    service: ControlService,
+    app: Starlette,
     socket_path: Path,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the control API on a unix socket until cancelled.
+    """Serve the control API's `app` on an owner-only unix socket until cancelled.
 
     No request, however broken, may end the daemon: see `tierfs.control.httpserve`.
     """
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(socket_path.parent, 0o700)
-    app: Any = make_app(service)  # an ASGI app; hypercorn's types predate starlette's
-    await serve_unix(app, socket_path, task_status=task_status)
+    # An ASGI app; hypercorn's types predate starlette's.
+    await serve_unix(cast(Any, app), socket_path, task_status=task_status)

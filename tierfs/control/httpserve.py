@@ -1,4 +1,4 @@
-"""Serving an ASGI app on a unix socket with hypercorn, so that no client can end it.
+"""Serving an ASGI app (on a unix socket or TCP) with hypercorn, so that no client can end it.
 
 Two layers of containment:
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,37 @@ async def serve_unix(
     Raises:
         OSError: the socket cannot be bound the first time.
     """
+    await _serve(
+        app,
+        f"unix:{socket_path}",
+        after_bind=lambda: os.chmod(socket_path, 0o600),
+        task_status=task_status,
+    )
+
+
+async def serve_tcp(
+    app: Any,
+    listen: str,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` on ``HOST:PORT`` until cancelled, restarting after failures.
+
+    Raises:
+        OSError: the address cannot be bound the first time.
+    """
+    await _serve(app, listen, after_bind=lambda: None, task_status=task_status)
+
+
+async def _serve(
+    app: Any,
+    bind: str,
+    *,
+    after_bind: Callable[[], None],
+    task_status: trio.TaskStatus[None],
+) -> None:
     config = HypercornConfig()
-    config.bind = [f"unix:{socket_path}"]
+    config.bind = [bind]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     started = False
@@ -67,13 +97,13 @@ async def serve_unix(
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(lambda task_status: serve(app, config, task_status=task_status))
-                os.chmod(socket_path, 0o600)
+                after_bind()
                 if not started:
                     started = True
-                    log.debug("serving HTTP on %s", socket_path)
+                    log.debug("serving HTTP on %s", bind)
                     task_status.started()
         except Exception:
             if not started:
                 raise
-            log.exception("the HTTP server on %s failed; serving again", socket_path)
+            log.exception("the HTTP server on %s failed; serving again", bind)
         await trio.sleep(RESTART_DELAY_S)

@@ -6,6 +6,7 @@ wires (`DaemonParts`); it never imports the daemon itself.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ import trio
 from tierfs.config import Config
 from tierfs.control.metrics import MetricsTable, metrics_table
 from tierfs.control.status import build_report
+from tierfs.control.web.settings import current_settings, save_changes, with_changes
 from tierfs.faults import pause_point
 from tierfs.fuse.operations import TierfsOperations
 from tierfs.fuse.readpath import ReadPath
@@ -24,11 +26,14 @@ from tierfs.storage.mover import Mover
 from tierfs.storage.placement import Placement
 from tierfs.storage.tiers import Tier
 
+log = logging.getLogger(__name__)
+
 
 class DaemonParts(Protocol):
     """The parts of a mount the control plane drives, as the daemon names them."""
 
     config: Config
+    config_path: Path | None
     catalog: Catalog
     namespace: Namespace
     placement: Placement
@@ -52,6 +57,7 @@ class DaemonControl:
     def __init__(self, daemon: DaemonParts) -> None:
         self.daemon = daemon
         self._fsck_lock = trio.Lock()
+        self._settings_lock = trio.Lock()
         # A scrape or a status reads the catalog on a worker thread; one at a time, so
         # that a burst of requests queues rather than fanning out across threads.
         self._catalog_limiter = trio.CapacityLimiter(1)
@@ -111,6 +117,26 @@ class DaemonControl:
         """Unpin `model`; says whether it was pinned."""
         found = await self.daemon.mover.model(model)
         return {"model": found.name, "unpinned": await self.daemon.mover.unpin(model)}
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the web GUI may change, as they are now."""
+        return current_settings(self.daemon.config)
+
+    async def update_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate, save to the config file (comments kept), then apply live."""
+        d = self.daemon
+        async with self._settings_lock:
+            path = d.config_path
+            source = str(path or "<config>")
+            # In a worker: validating resolves paths, the mountpoint among them, and a
+            # lookup in our own mount needs this thread to answer it.
+            config = await trio.to_thread.run_sync(with_changes, d.config, changes, source)
+            if path is not None:
+                await trio.to_thread.run_sync(save_changes, path, changes)
+            d.config = config
+            d.mover.use_config(config)
+            log.info("settings changed live: %s", changes)
+        return {**current_settings(config), "saved_to": str(path) if path else None}
 
     async def fsck(self, deep: bool) -> dict[str, Any]:
         """Check the catalog against the tiers while serving, repairing what it finds."""

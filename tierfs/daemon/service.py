@@ -20,8 +20,11 @@ import pyfuse3
 import trio
 
 from tierfs.config import Config
-from tierfs.control.api import serve_control
+from tierfs.control.api import make_app, serve_control
 from tierfs.control.service import DaemonControl
+from tierfs.control.web.auth import load_or_create_token
+from tierfs.control.web.routes import web_routes
+from tierfs.control.web.serve import serve_web
 from tierfs.daemon.mounting import SERVING, mount_options, prepare_mountpoint, set_readahead
 from tierfs.daemon.statedir import StateDir
 from tierfs.errors import MountError
@@ -49,6 +52,7 @@ class Daemon:
     Args:
         config: the validated configuration.
         on_ready: called once the mount serves.
+        config_path: the file `config` came from, where settings changed live are saved.
 
     Raises:
         MountError: the mountpoint is missing, busy or already served.
@@ -58,8 +62,14 @@ class Daemon:
         NamespaceError: the first cold store cannot be read.
     """
 
-    def __init__(self, config: Config, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_ready: Callable[[], None] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self._on_ready = on_ready
         # First, so that a tierfs already serving here is named as such rather than as
         # the holder of the state lock, and a refusal mounts no tier tmpfs.
@@ -70,6 +80,9 @@ class Daemon:
             undo.callback(self.state.close)
             self.catalog = Catalog(config.catalog_path)
             undo.callback(self.catalog.close)
+            self.web_token = (
+                load_or_create_token(config.web_token_path) if config.web.listen else None
+            )
             # Whatever may still refuse the start comes before the tiers, which mount tmpfs.
             self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
             self.placement = Placement(self.catalog)
@@ -192,7 +205,10 @@ class Daemon:
             await nursery.start(self.operations.run)
             await nursery.start(self._watch_signals)
             await nursery.start(self.mover.run)
-            await nursery.start(serve_control, self.control, self.config.control_socket)
+            app = make_app(self.control, web_routes(self.control))
+            await nursery.start(serve_control, app, self.config.control_socket)
+            if self.web_token is not None:
+                await nursery.start(serve_web, app, self.config.web.listen, self.web_token)
             nursery.start_soon(self._flush_access)
             nursery.start_soon(self._after_init)
             try:

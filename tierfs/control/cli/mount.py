@@ -36,7 +36,8 @@ def mount(
         setup_logging(cfg.log_level)
         from tierfs.daemon.service import Daemon
 
-        Daemon(cfg).run()
+        path = config or Path(os.environ.get("TIERFS_CONFIG", DEFAULT_CONFIG_PATH))
+        Daemon(cfg, config_path=path.resolve()).run()
         return
     from tierfs.daemon.spawn import spawn_daemon
 
@@ -90,7 +91,8 @@ def demo(
     cfg.mountpoint.mkdir(parents=True, exist_ok=True)
     from tierfs.daemon.service import Daemon
 
-    Daemon(cfg, on_ready=functools.partial(_demo_banner, cfg, config_file, store.model_names)).run()
+    banner = functools.partial(_demo_banner, cfg, config_file, store.model_names)
+    Daemon(cfg, on_ready=banner, config_path=config_file).run()
 
 
 def _demo_banner(cfg: Config, config_file: Path, model_names: tuple[str, ...]) -> None:
@@ -112,6 +114,7 @@ def _demo_banner(cfg: Config, config_file: Path, model_names: tuple[str, ...]) -
         f"  getfattr -d -m user.tierfs {esc(rel)}/gguf/tiny-llama.gguf",
         f"  readlink {esc(rel)}/hub/models--tierfs-demo--tiny-llama/snapshots/*/config.json",
         f"  .venv/bin/tierfs status --config {esc(config_file)}",
+        f"  .venv/bin/tierfs gui --config {esc(config_file)}    (the web GUI)",
         "",
         "Press Ctrl-C to unmount.",
         "",

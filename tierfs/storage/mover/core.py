@@ -17,7 +17,7 @@ from typing import Literal, get_args
 
 import trio
 
-from tierfs.config import PlacementConfig, format_size
+from tierfs.config import Config, PlacementConfig, format_size
 from tierfs.errors import ConfigError, TierError, TierfsError
 from tierfs.namespace.inventory import Inventory
 from tierfs.namespace.models import Model
@@ -137,6 +137,14 @@ class Mover:
         placement = PlacementConfig(strategy=name)  # type: ignore[arg-type]
         self.ctx.config = self.ctx.config.model_copy(update={"placement": placement})
         log.info("placement strategy: %s", name)
+
+    def use_config(self, config: Config) -> None:
+        """Decide by `config` from now on (watermarks, promote-on-open, strategy).
+
+        The tiers stay as mounted: a changed ``[[tier]]`` needs a new mount.
+        """
+        self.ctx.config = config
+        log.info("config changed live; placement strategy: %s", self.strategy)
 
     # Promotion and demotion -------------------------------------------------------------
 
