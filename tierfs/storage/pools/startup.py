@@ -1,0 +1,78 @@
+"""Which pools a starting mount brings up, from the config and the recorded states.
+
+A pool the user disconnected stays disconnected across restarts; an operation a crash
+cut short is settled here: a disconnect is finished (the pool stays down), a resize
+keeps whatever size the tmpfs has, a connect is made again like any start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+
+from tierfs.config import TierConfig
+from tierfs.states import PoolState
+from tierfs.storage.catalog import Catalog
+from tierfs.storage.catalog_pools import PoolRecord
+from tierfs.storage.pools.local import fs_size
+from tierfs.storage.tiers import Tier, offline_tier, prepare_tiers
+
+log = logging.getLogger(__name__)
+
+_DOWN = {PoolState.DISCONNECTED, PoolState.DISCONNECTING, PoolState.FAILED}
+
+
+def prepare_pools(catalog: Catalog, configs: Sequence[TierConfig]) -> list[Tier]:
+    """Prepare the configured tiers, leaving down the pools that are down.
+
+    Raises:
+        TierError: a pool that should be up cannot be used (as `prepare_tiers`).
+    """
+    records = catalog.pool_records()
+    online: list[TierConfig] = []
+    offline: dict[str, Tier] = {}
+    for config in configs:
+        record = records.get(config.name)
+        state = PoolState(record.state) if record else None
+        if record is not None and record.size and record.size != config.size:
+            config = _with_size(config, record)
+        if state in _DOWN or _remote_down(config, state):
+            offline[config.name] = offline_tier(config)
+            _settle_down(catalog, config, record)
+        else:
+            online.append(config)
+    prepared = {t.name: t for t in prepare_tiers(online)}
+    for tier in prepared.values():
+        record = records.get(tier.name)
+        if record is not None and record.state != PoolState.CONNECTED:
+            catalog.set_pool(PoolRecord(tier.name, str(PoolState.CONNECTED), size=tier.capacity))
+    return [prepared.get(c.name) or offline[c.name] for c in configs]
+
+
+def _with_size(config: TierConfig, record: PoolRecord) -> TierConfig:
+    size = record.size or config.size
+    if record.state == PoolState.RESIZING and os.path.ismount(config.path):
+        # Cut short: the remount happened or it did not; the tmpfs says which.
+        size = fs_size(config.path)
+    return config.model_copy(update={"size": size})
+
+
+def _remote_down(config: TierConfig, state: PoolState | None) -> bool:
+    # A remote pool tierfs brings up is up only once `pool connect` has mounted it.
+    return config.remote is not None and not (
+        state is PoolState.CONNECTED and os.path.ismount(config.path)
+    )
+
+
+def _settle_down(catalog: Catalog, config: TierConfig, record: PoolRecord | None) -> None:
+    cut_short = record is not None and record.action == "disconnect"
+    if config.kind == "ram" and cut_short and os.path.ismount(config.path):
+        # A disconnect cut short: finish its unmount. The catalog's replicas there are
+        # dropped by the start's recovery (a tier it does not check is an unknown one).
+        done = subprocess.run(["umount", "-l", str(config.path)], capture_output=True)
+        log.info("pool %s: finished its disconnect (rc %d)", config.name, done.returncode)
+    if record is None or record.state != PoolState.DISCONNECTED:
+        catalog.set_pool(PoolRecord(config.name, str(PoolState.DISCONNECTED), size=config.size))
+    log.info("pool %s is disconnected (tierfs pool connect %s)", config.name, config.name)
