@@ -36,7 +36,8 @@ from tierfs.ops.fsck import FsckReport, check
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.placement import Placement
-from tierfs.storage.tiers import prepare_tiers, release_fresh_tiers
+from tierfs.storage.pools import PoolManager, prepare_pools
+from tierfs.storage.tiers import Tier, release_fresh_tiers
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Daemon:
         try:
             # The cold stores before the tiers, for the same reason.
             self.namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
-            self.tiers = prepare_tiers(config.tier)
+            self.tiers = prepare_pools(self.catalog, config.tier)
         except BaseException:
             self.catalog.close()
             self.state.close()
@@ -197,6 +198,7 @@ class Daemon:
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
         self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
         self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
+        self.pools = PoolManager(self.catalog, self.tiers, self.mover)
         self.control = DaemonControl(self)
         self._mounted = False
         # Set when `require`d passthrough turned out unavailable after FUSE init.
@@ -206,9 +208,14 @@ class Daemon:
     def stores(self) -> dict[str, Path]:
         return {c.name: c.path for c in self.config.cold}
 
+    @property
+    def connected_tiers(self) -> list[Tier]:
+        """The tiers whose pools are up: a disconnected pool's copies are gone."""
+        return [t for t in self.tiers if t.online]
+
     def recover(self) -> FsckReport:
         """Resolve what an earlier run left half-done, before anything is served."""
-        report = check(self.catalog, self.tiers, self.stores, deep=False, repair=True)
+        report = check(self.catalog, self.connected_tiers, self.stores, deep=False, repair=True)
         if report.clean:
             log.info("catalog consistent; %d hot copies adopted", report.adopted)
         else:
@@ -307,6 +314,7 @@ class Daemon:
             await nursery.start(self.readpath.run)
             await nursery.start(self._watch_signals)
             await nursery.start(self.mover.run)
+            await nursery.start(self.pools.run)
             await nursery.start(serve_control, self.control, self.config.control_socket)
             nursery.start_soon(self._flush_access)
             nursery.start_soon(self._after_init)
@@ -461,7 +469,7 @@ class DaemonControl:
                 # those in flight alone, whenever they began.
                 return check(
                     d.catalog,
-                    d.tiers,
+                    d.connected_tiers,
                     d.stores,
                     deep=deep,
                     repair=True,
@@ -477,6 +485,24 @@ class DaemonControl:
             for store, relpath in withdrawn:
                 await d.operations.forget_cached(store, relpath)
         return report.to_json()
+
+    async def pools(self) -> list[dict[str, Any]]:
+        return await self.daemon.pools.pools()
+
+    async def pool_action(self, name: str, action: str, size: int | None) -> dict[str, Any]:
+        pools = self.daemon.pools
+        if action == "connect":
+            op = await pools.connect(name)
+        elif action == "disconnect":
+            op = await pools.disconnect(name)
+        else:
+            assert size is not None
+            op = await pools.resize(name, size)
+        return op.to_json()
+
+    def pool_operation(self, op_id: int) -> dict[str, Any] | None:
+        op = self.daemon.pools.operation(op_id)
+        return op.to_json() if op else None
 
     async def metrics(self) -> dict[str, Any]:
         d = self.daemon
