@@ -198,7 +198,9 @@ class Daemon:
         self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
         self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
         self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
-        self.pools = PoolManager(self.catalog, self.tiers, self.mover)
+        self.pools = PoolManager(
+            self.catalog, self.tiers, self.mover, flush_access=self.placement.flush_access
+        )
         self.control = DaemonControl(self)
         self._mounted = False
         # Set when `require`d passthrough turned out unavailable after FUSE init.

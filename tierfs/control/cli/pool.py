@@ -83,7 +83,7 @@ def _follow(client: Any, op: dict[str, Any]) -> dict[str, Any]:
                 continue
             shown[step["name"]] = state
             detail = f": {esc(step['detail'])}" if step["detail"] else ""
-            err.print(f"  {esc(step['name'])} {state}{detail}")
+            err.print(f"  {esc(step['name'])} {state}{detail}", soft_wrap=True)
         if op["state"] != OperationState.RUNNING:
             return op
         time.sleep(POLL_S)

@@ -11,7 +11,7 @@ import errno
 import itertools
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tierfs.config import TierConfig
 from tierfs.errors import PoolError, TierfsError
 from tierfs.namespace.inventory import Inventory
+from tierfs.ops.faults import pause_point
 from tierfs.states import OperationState, PoolState, StepState
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.catalog_pools import PoolRecord
@@ -28,7 +29,7 @@ from tierfs.storage.pools import local
 from tierfs.storage.pools.commands import Runner, run_command
 from tierfs.storage.pools.operation import Operation, Step, StepFn
 from tierfs.storage.pools.remote import RemoteSteps, RemoteTarget
-from tierfs.storage.pools.usage import copies_on, models_on
+from tierfs.storage.pools.usage import ModelUse, copies_on, models_on
 from tierfs.storage.tiers import Tier, prepare_tier
 from tierfs.units import format_size
 
@@ -77,6 +78,8 @@ class PoolManager:
         catalog: where pool states are recorded.
         tiers: the mount's tiers (the same objects the mover places copies on).
         mover: demotes models off a pool.
+        flush_access: writes the reads not yet in the catalog, whose access times
+            decide which models leave a shrinking pool first.
         runner, sysfs, devdir, which: how remote pools run commands and find their
             namespace; tests replace them (see docs/pools.md).
     """
@@ -87,6 +90,7 @@ class PoolManager:
         tiers: Sequence[Tier],
         mover: ModelMover,
         *,
+        flush_access: Callable[[], Awaitable[None]] | None = None,
         runner: Runner = run_command,
         sysfs: Path = Path("/sys"),
         devdir: Path = Path("/dev"),
@@ -95,6 +99,7 @@ class PoolManager:
         self.catalog = catalog
         self.mover = mover
         self._tiers = {t.name: t for t in sorted(tiers, key=lambda t: t.rank)}
+        self._flush_access = flush_access
         self._remote_env = (runner, sysfs, devdir, which)
         self._states = {
             t.name: PoolState.CONNECTED if t.online else PoolState.DISCONNECTED for t in tiers
@@ -226,6 +231,8 @@ class PoolManager:
         except ValidationError as exc:
             message = exc.errors()[0]["msg"].removeprefix("Value error, ")
             raise PoolError(f"pool {name!r}: {message}", errno=errno.EINVAL) from None
+        # Refused before anything starts: the operation would change nothing anyway.
+        await self._pinned_fit(tier, size)
         steps: list[tuple[str, StepFn]] = [
             ("plan", lambda: self._plan_shrink(tier, size)),
             ("demote", lambda: self._shrink(tier, size)),
@@ -284,6 +291,7 @@ class PoolManager:
                 current.state = StepState.DONE
                 log.info("pool %s: %s: %s", tier.name, current.name, current.detail)
                 await self._record(tier, op.action, current.name)
+                await trio.to_thread.run_sync(pause_point, f"pool_{op.action}_{current.name}")
             current = None
             op.state = OperationState.DONE
             self._errors[tier.name] = None
@@ -344,9 +352,7 @@ class PoolManager:
         freed = 0
         for _ in range(DRAIN_ROUNDS):
             targets = [j.model for j in self.mover.jobs() if j.active and j.tier == tier.name]
-            inventory = await self.mover.inventory()
-            targets += [u.name for u in await self._db(models_on, self.catalog, tier.name,
-                                                       inventory.models)]  # fmt: skip
+            targets += [u.name for u in await self._models_on(tier)]
             if not targets:
                 break
             for name in dict.fromkeys(targets):
@@ -368,11 +374,20 @@ class PoolManager:
             log.info("pool: not demoting %s: %s", name, exc)
             return 0
 
-    async def _plan_shrink(self, tier: Tier, size: int) -> str:
-        if size >= tier.config.size:
-            return f"grow from {format_size(tier.config.size)} to {format_size(size)}"
+    async def _models_on(self, tier: Tier) -> list[ModelUse]:
+        """The models on `tier`, least recently used first."""
+        if self._flush_access is not None:
+            await self._flush_access()
         inventory = await self.mover.inventory()
-        use = await self._db(models_on, self.catalog, tier.name, inventory.models)
+        return list(await self._db(models_on, self.catalog, tier.name, inventory.models))
+
+    async def _pinned_fit(self, tier: Tier, size: int) -> tuple[list[ModelUse], dict[str, Any]]:
+        """The models on `tier` and the pins, once sure the pinned ones fit in `size`.
+
+        Raises:
+            PoolError: they do not (ENOSPC), naming them.
+        """
+        use = await self._models_on(tier)
         pins = await self._db(self.catalog.pins)
         pinned = [u for u in use if u.name in pins]
         if sum(u.size for u in pinned) > size:
@@ -383,6 +398,12 @@ class PoolManager:
                 f"{format_size(sum(u.size for u in pinned))} there; nothing was changed",
                 errno=errno.ENOSPC,
             )
+        return use, pins
+
+    async def _plan_shrink(self, tier: Tier, size: int) -> str:
+        if size >= tier.config.size:
+            return f"grow from {format_size(tier.config.size)} to {format_size(size)}"
+        use, pins = await self._pinned_fit(tier, size)
         # From here on, nothing new lands beyond the new size.
         tier.capacity = min(tier.capacity, size)
         used = sum(u.size for u in use)
@@ -402,9 +423,7 @@ class PoolManager:
             used = (await self._db(self.catalog.tier_usage)).get(tier.name, 0)
             if used <= size:
                 break
-            inventory = await self.mover.inventory()
-            use = await self._db(models_on, self.catalog, tier.name, inventory.models)
-            for u in use:
+            for u in await self._models_on(tier):
                 if used <= size:
                     break
                 if u.name not in pins:
