@@ -8,7 +8,7 @@ is the mount's business), so these tests run as any user, in milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,17 +72,26 @@ def stack_config(
 
 
 @asynccontextmanager
-async def running_stack(config: Config, push: PushFn | None = None) -> AsyncIterator[Stack]:
+async def running_stack(
+    config: Config,
+    push: PushFn | None = None,
+    tiers_of: Callable[[Catalog], list[Tier]] | None = None,
+) -> AsyncIterator[Stack]:
     """Build the parts for `config`, start the mover, and stop it on exit.
 
     Args:
         config: as from `stack_config`.
         push: stands in for ``pyfuse3.notify_store`` (prefetch is off without one).
+        tiers_of: makes the tiers from the catalog (as a daemon's start does); by default
+            each configured tier is a plain directory taken as tmpfs.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(config.catalog_path)
     try:
-        tiers = [Tier(t, capacity=t.size, fstype="tmpfs") for t in config.tier]
+        if tiers_of is not None:
+            tiers = tiers_of(catalog)
+        else:
+            tiers = [Tier(t, capacity=t.size, fstype="tmpfs") for t in config.tier]
         namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         placement = Placement(catalog)
         await placement.load()
