@@ -8,8 +8,10 @@ handle keeps its bytes after its backing tmpfs is gone from the mount table.
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -209,3 +211,61 @@ def test_pool_errors_are_one_line(live: Mount) -> None:
         result = tu.cli(live.config, *args)
         assert result.returncode == 1, result
         assert text in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def http(mount: Mount, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
+    """One request to the control socket with curl, as another client would make it."""
+    argv = ["curl", "-s", "--unix-socket", str(mount.state_dir / "control.sock"), "-X", method]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "-d", body]
+    done = subprocess.run(
+        [*argv, "-w", "\n%{http_code}", f"http://tierfs{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    payload, _, code = done.stdout.rpartition("\n")
+    return int(code), json.loads(payload)
+
+
+def test_api_contract(live: Mount) -> None:
+    code, listed = http(live, "GET", "/api/pools")
+    assert code == 200
+    (row,) = listed["pools"]
+    assert row == {
+        "name": POOL,
+        "kind": "tmpfs",
+        "path": row["path"],
+        "size": 32 * MiB,
+        "used": 0,
+        "free": 32 * MiB,
+        "state": "connected",
+        "error": None,
+    }
+    code, started = http(live, "POST", f"/api/pools/{POOL}/resize", '{"size": "16M"}')
+    assert code == 202
+    op = started["operation"]
+    assert set(op) == {"id", "pool", "action", "state", "steps", "error"}
+    assert (op["pool"], op["action"]) == (POOL, "resize")
+    assert [s["name"] for s in op["steps"]] == ["plan", "demote", "release", "remount"]
+    assert all(set(s) == {"name", "state", "detail"} for s in op["steps"])
+
+    def finished() -> dict[str, Any] | None:
+        code, found = http(live, "GET", f"/api/pools/operations/{op['id']}")
+        assert code == 200
+        return found["operation"] if found["operation"]["state"] != "running" else None
+
+    done = tu.wait_for(finished, what="the resize")
+    assert done["state"] == "done" and {s["state"] for s in done["steps"]} == {"done"}
+    assert pools(live)[POOL]["size"] == 16 * MiB
+
+    for method, path, body, want_code in (
+        ("POST", "/api/pools/nope/connect", None, 404),
+        ("POST", f"/api/pools/{POOL}/explode", None, 404),
+        ("POST", f"/api/pools/{POOL}/resize", '{"size": "huge"}', 400),
+        ("POST", f"/api/pools/{POOL}/resize", '{"size": "8G", "x": 1}', 400),
+        ("GET", "/api/pools/operations/999", None, 404),
+    ):
+        code, answer = http(live, method, path, body)
+        assert code == want_code, (path, answer)
+        assert set(answer) == {"error", "errno"} and "\n" not in answer["error"]

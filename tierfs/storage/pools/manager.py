@@ -29,6 +29,7 @@ from tierfs.storage.pools import local
 from tierfs.storage.pools.commands import Runner, run_command
 from tierfs.storage.pools.operation import Operation, Step, StepFn
 from tierfs.storage.pools.remote import RemoteSteps, RemoteTarget
+from tierfs.storage.pools.startup import fit_to_filesystem
 from tierfs.storage.pools.usage import ModelUse, copies_on, models_on
 from tierfs.storage.tiers import Tier, prepare_tier
 from tierfs.units import format_size
@@ -243,6 +244,19 @@ class PoolManager:
 
     def _idle(self, name: str) -> Tier:
         tier = self.pool(name)
+        config = tier.config
+        if config.kind == "remote" and config.remote is None:
+            raise PoolError(
+                f"pool {name!r} has no [tier.remote] table: its owner mounts it, and tierfs "
+                "does not bring it up, take it down or resize it",
+                errno=errno.EINVAL,
+            )
+        if config.kind == "ram" and not config.mount_tmpfs:
+            raise PoolError(
+                f"pool {name!r} uses an existing directory (mount_tmpfs = false): tierfs "
+                "does not mount, unmount or resize it",
+                errno=errno.EINVAL,
+            )
         running = self._busy.get(name)
         if running is not None:
             raise PoolError(
@@ -331,17 +345,10 @@ class PoolManager:
     # Steps ------------------------------------------------------------------------------
 
     async def _open(self, tier: Tier) -> str:
-        prepared = await trio.to_thread.run_sync(prepare_tier, self._fitting(tier.config))
+        config = tier.config
+        prepared = await trio.to_thread.run_sync(lambda: prepare_tier(fit_to_filesystem(config)))
         tier.adopt(prepared)
         return f"pool {tier.name} takes copies ({format_size(tier.capacity)})"
-
-    def _fitting(self, config: TierConfig) -> TierConfig:
-        # A file system on a block device holds a little less than the device: a remote
-        # pool offers what its file system holds, when that is less than configured.
-        if config.kind != "remote":
-            return config
-        held = local.fs_size(config.path)
-        return config.model_copy(update={"size": min(config.size, held)})
 
     async def _close(self, tier: Tier) -> str:
         tier.take_offline()

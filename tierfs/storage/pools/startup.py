@@ -42,7 +42,7 @@ def prepare_pools(catalog: Catalog, configs: Sequence[TierConfig]) -> list[Tier]
             offline[config.name] = offline_tier(config)
             _settle_down(catalog, config, record)
         else:
-            online.append(config)
+            online.append(fit_to_filesystem(config) if config.remote else config)
     prepared = {t.name: t for t in prepare_tiers(online)}
     for tier in prepared.values():
         record = records.get(tier.name)
@@ -76,3 +76,14 @@ def _settle_down(catalog: Catalog, config: TierConfig, record: PoolRecord | None
     if record is None or record.state != PoolState.DISCONNECTED:
         catalog.set_pool(PoolRecord(config.name, str(PoolState.DISCONNECTED), size=config.size))
     log.info("pool %s is disconnected (tierfs pool connect %s)", config.name, config.name)
+
+
+def fit_to_filesystem(config: TierConfig) -> TierConfig:
+    """A remote pool's config, its size cut to what its mounted file system holds.
+
+    ext4 on a RAM disk holds a little less than the disk; such a pool offers what its
+    file system holds rather than being refused as too small. Blocking (statvfs).
+    """
+    if config.kind != "remote" or not os.path.ismount(config.path):
+        return config
+    return config.model_copy(update={"size": min(config.size, fs_size(config.path))})
