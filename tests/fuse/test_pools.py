@@ -124,6 +124,7 @@ def test_resize_disconnect_connect_under_readers(live: Mount) -> None:
     assert "resize done" in result.stdout
     assert tmpfs_size(path) == 13 * MiB
     assert hot(live) == {model("a"), model("c"), model("pinned")}
+    assert tu.tier_row(tu.status(live.state_dir), POOL)["size"] == 13 * MiB
 
     with Readers(live, want) as readers:
         result = tu.cli_ok(live.config, "pool", "resize", POOL, "9M")

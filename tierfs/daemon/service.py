@@ -414,9 +414,11 @@ class DaemonControl:
         reasons = d.mover.cold_reasons()
         # Opens reach the catalog only at the next flush; the status shows them at once.
         accessed = d.placement.last_accesses()
+        # Pools resized or disconnected at runtime report their sizes as they are now.
+        config = d.config.model_copy(update={"tier": [t.config for t in d.tiers]})
         report = await trio.to_thread.run_sync(
             lambda: build_report(
-                d.config,
+                config,
                 inventory,
                 d.catalog,
                 d.namespace,

@@ -13,24 +13,23 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 from pydantic import ValidationError
 
 from tierfs.config import TierConfig
 from tierfs.errors import PoolError, TierfsError
-from tierfs.namespace.inventory import Inventory
 from tierfs.ops.faults import pause_point
 from tierfs.states import OperationState, PoolState, StepState
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.catalog_pools import PoolRecord
 from tierfs.storage.pools import local
 from tierfs.storage.pools.commands import Runner, run_command
+from tierfs.storage.pools.emptying import Emptier, ModelMover
 from tierfs.storage.pools.operation import Operation, Step, StepFn
 from tierfs.storage.pools.remote import RemoteSteps, RemoteTarget
 from tierfs.storage.pools.startup import fit_to_filesystem
-from tierfs.storage.pools.usage import ModelUse, copies_on, models_on
 from tierfs.storage.tiers import Tier, prepare_tier
 from tierfs.units import format_size
 
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-# Demoting a pool's models, again while promotions that raced the close still land.
-DRAIN_ROUNDS = 5
 # A remote pool is unmounted for real (not lazily) before its device goes away: readers
 # that still hold files open get this long to close them.
 BUSY_TIMEOUT_S = 60.0
@@ -50,26 +47,6 @@ _WORKING = {
     "disconnect": PoolState.DISCONNECTING,
     "resize": PoolState.RESIZING,
 }
-
-
-class JobView(Protocol):
-    """What the manager reads of a promotion job."""
-
-    model: str
-    tier: str
-
-    @property
-    def active(self) -> bool: ...
-
-
-class ModelMover(Protocol):
-    """The mover's public methods the manager uses to empty a pool."""
-
-    async def demote(self, name: str) -> int: ...
-
-    def jobs(self) -> Sequence[JobView]: ...
-
-    async def inventory(self, *, refresh: bool = False) -> Inventory: ...
 
 
 class PoolManager:
@@ -98,9 +75,8 @@ class PoolManager:
         which: Any = shutil.which,
     ) -> None:
         self.catalog = catalog
-        self.mover = mover
         self._tiers = {t.name: t for t in sorted(tiers, key=lambda t: t.rank)}
-        self._flush_access = flush_access
+        self.emptier = Emptier(catalog, mover, flush_access)
         self._remote_env = (runner, sysfs, devdir, which)
         self._states = {
             t.name: PoolState.CONNECTED if t.online else PoolState.DISCONNECTED for t in tiers
@@ -196,7 +172,7 @@ class PoolManager:
             )
         steps: list[tuple[str, StepFn]] = [
             ("close", lambda: self._close(tier)),
-            ("demote", lambda: self._drain(tier)),
+            ("demote", lambda: self.emptier.drain(tier)),
         ]
         if tier.config.kind == "remote":
             r = self._remote(tier)
@@ -233,10 +209,10 @@ class PoolManager:
             message = exc.errors()[0]["msg"].removeprefix("Value error, ")
             raise PoolError(f"pool {name!r}: {message}", errno=errno.EINVAL) from None
         # Refused before anything starts: the operation would change nothing anyway.
-        await self._pinned_fit(tier, size)
+        await self.emptier.pinned_fit(tier, size)
         steps: list[tuple[str, StepFn]] = [
-            ("plan", lambda: self._plan_shrink(tier, size)),
-            ("demote", lambda: self._shrink(tier, size)),
+            ("plan", lambda: self.emptier.plan_shrink(tier, size)),
+            ("demote", lambda: self.emptier.shrink(tier, size)),
             ("release", lambda: local.wait_released(tier, size)),
             ("remount", lambda: self._remount(tier, config)),
         ]
@@ -353,97 +329,6 @@ class PoolManager:
     async def _close(self, tier: Tier) -> str:
         tier.take_offline()
         return f"no new copies go to {tier.name}"
-
-    async def _drain(self, tier: Tier) -> str:
-        demoted: set[str] = set()
-        freed = 0
-        for _ in range(DRAIN_ROUNDS):
-            targets = [j.model for j in self.mover.jobs() if j.active and j.tier == tier.name]
-            targets += [u.name for u in await self._models_on(tier)]
-            if not targets:
-                break
-            for name in dict.fromkeys(targets):
-                freed += await self._demote(name)
-                demoted.add(name)
-        left = await self._db(copies_on, self.catalog, tier.name)
-        if left:
-            raise PoolError(
-                f"pool {tier.name!r}: {left} copies are still there after demoting "
-                f"{len(demoted)} models (files shared with a pinned model?)",
-                errno=errno.EBUSY,
-            )
-        return f"demoted {len(demoted)} models ({format_size(freed)} freed)"
-
-    async def _demote(self, name: str) -> int:
-        try:
-            return await self.mover.demote(name)
-        except TierfsError as exc:  # gone from the namespace meanwhile: nothing to demote
-            log.info("pool: not demoting %s: %s", name, exc)
-            return 0
-
-    async def _models_on(self, tier: Tier) -> list[ModelUse]:
-        """The models on `tier`, least recently used first."""
-        if self._flush_access is not None:
-            await self._flush_access()
-        inventory = await self.mover.inventory()
-        return list(await self._db(models_on, self.catalog, tier.name, inventory.models))
-
-    async def _pinned_fit(self, tier: Tier, size: int) -> tuple[list[ModelUse], dict[str, Any]]:
-        """The models on `tier` and the pins, once sure the pinned ones fit in `size`.
-
-        Raises:
-            PoolError: they do not (ENOSPC), naming them.
-        """
-        use = await self._models_on(tier)
-        pins = await self._db(self.catalog.pins)
-        pinned = [u for u in use if u.name in pins]
-        if sum(u.size for u in pinned) > size:
-            names = ", ".join(u.name for u in pinned)
-            raise PoolError(
-                f"pool {tier.name!r} cannot shrink to {format_size(size)}: pinned "
-                f"{names} hold{'s' if len(pinned) == 1 else ''} "
-                f"{format_size(sum(u.size for u in pinned))} there; nothing was changed",
-                errno=errno.ENOSPC,
-            )
-        return use, pins
-
-    async def _plan_shrink(self, tier: Tier, size: int) -> str:
-        if size >= tier.config.size:
-            return f"grow from {format_size(tier.config.size)} to {format_size(size)}"
-        use, pins = await self._pinned_fit(tier, size)
-        # From here on, nothing new lands beyond the new size.
-        tier.capacity = min(tier.capacity, size)
-        used = sum(u.size for u in use)
-        victims = []
-        for u in use:
-            if used <= size:
-                break
-            if u.name not in pins:
-                victims.append(u.name)
-                used -= u.size
-        return f"demote {', '.join(victims)}" if victims else "everything fits"
-
-    async def _shrink(self, tier: Tier, size: int) -> str:
-        demoted: list[str] = []
-        pins = await self._db(self.catalog.pins)
-        for _ in range(DRAIN_ROUNDS):
-            used = (await self._db(self.catalog.tier_usage)).get(tier.name, 0)
-            if used <= size:
-                break
-            for u in await self._models_on(tier):
-                if used <= size:
-                    break
-                if u.name not in pins:
-                    used -= await self._demote(u.name)
-                    demoted.append(u.name)
-        used = (await self._db(self.catalog.tier_usage)).get(tier.name, 0)
-        if used > size:
-            raise PoolError(
-                f"pool {tier.name!r}: {format_size(used)} still claimed, more than "
-                f"{format_size(size)}",
-                errno=errno.ENOSPC,
-            )
-        return f"demoted {', '.join(demoted)}" if demoted else "nothing to demote"
 
     async def _remount(self, tier: Tier, config: TierConfig) -> str:
         detail = await local.remount(tier, config.size)
