@@ -32,7 +32,12 @@ from tierfs.states import OperationState, PoolState, StepState
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.pools import PoolManager, prepare_pools
 from tierfs.storage.pools.commands import Result, run_command
-from tierfs.storage.pools.remote import RemoteTarget, export_script, unexport_script
+from tierfs.storage.pools.remote import (
+    RemoteTarget,
+    export_script,
+    find_namespace,
+    unexport_script,
+)
 from tierfs.storage.tiers import Tier
 
 MiB = 1 << 20
@@ -327,3 +332,17 @@ def test_configfs_scripts_are_idempotent(tmp_path: Path) -> None:
     for _ in range(2):
         subprocess.run(["sh", "-c", unexport_script(target)], check=True)
     assert not (ports / "subsystems" / NQN).exists()
+
+
+def test_the_namespace_is_found_by_its_nqn(tmp_path: Path) -> None:
+    root = tmp_path / "class" / "nvme-subsystem"
+    for subsystem, nqn, entries in (
+        ("nvme-subsys0", "nqn.2014-08.org.example:other", ["nvme0", "nvme0n1"]),
+        ("nvme-subsys1", NQN, ["nvme1", "nvme1c1n1", "nvme1n1", "nvme1n2"]),
+    ):
+        for entry in entries:
+            (root / subsystem / entry).mkdir(parents=True)
+        (root / subsystem / "subsysnqn").write_text(nqn + "\n")
+    assert find_namespace(NQN, tmp_path, Path("/dev")) == Path("/dev/nvme1n1")
+    assert find_namespace("nqn.2014-08.io.tierfs:absent", tmp_path, Path("/dev")) is None
+    assert find_namespace(NQN, tmp_path / "nothing", Path("/dev")) is None

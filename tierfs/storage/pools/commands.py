@@ -10,6 +10,7 @@ import errno
 import logging
 import shlex
 import subprocess
+from dataclasses import dataclass
 from typing import Protocol
 
 from tierfs.errors import PoolError
@@ -27,13 +28,18 @@ class Runner(Protocol):
     def __call__(self, argv: list[str], *, check: bool = True) -> Result: ...
 
 
+@dataclass(frozen=True)
 class Result:
     """What a command printed and how it exited."""
 
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def said(self) -> str:
+        """Its last line of output, which names what went wrong when it failed."""
+        lines = (self.stderr or self.stdout).strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.returncode}"
 
 
 def run_command(argv: list[str], *, check: bool = True) -> Result:
@@ -53,7 +59,7 @@ def run_command(argv: list[str], *, check: bool = True) -> Result:
         )
     except FileNotFoundError:
         raise PoolError(
-            f"{argv[0]} is not installed (needed to run: {shlex.join(argv)})", errno=errno.ENOENT
+            f"{argv[0]} is not installed (needed to run: {_shown(argv)})", errno=errno.ENOENT
         ) from None
     except subprocess.TimeoutExpired:
         raise PoolError(
@@ -67,9 +73,13 @@ def run_command(argv: list[str], *, check: bool = True) -> Result:
 
 def command_failed(argv: list[str], result: Result) -> PoolError:
     """The one-line error for a command that exited non-zero."""
-    lines = (result.stderr or result.stdout).strip().splitlines()
-    said = lines[-1] if lines else f"exit status {result.returncode}"
-    return PoolError(f"{shlex.join(argv)[:200]}: {said}", errno=errno.EIO)
+    return PoolError(f"{_shown(argv)}: {result.said()}", errno=errno.EIO)
+
+
+def _shown(argv: list[str]) -> str:
+    # A command line as an error names it: an ssh command carries a whole script.
+    text = shlex.join(argv)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 class RemoteShell:
@@ -102,13 +112,10 @@ class RemoteShell:
         argv = self.argv(script)
         result = self.runner(argv, check=False)
         if result.returncode == SSH_FAILED:
-            lines = result.stderr.strip().splitlines()
-            said = lines[-1] if lines else "ssh exited 255"
             raise PoolError(
-                f"cannot reach {self.destination} over ssh: {said}", errno=errno.EHOSTUNREACH
+                f"cannot reach {self.destination} over ssh: {result.said()}",
+                errno=errno.EHOSTUNREACH,
             )
         if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            said = lines[-1] if lines else f"exit status {result.returncode}"
-            raise PoolError(f"on {self.destination}: {said}", errno=errno.EIO)
+            raise PoolError(f"on {self.destination}: {result.said()}", errno=errno.EIO)
         return result.stdout

@@ -97,7 +97,7 @@ class Emptier:
 
     async def plan_shrink(self, tier: Tier, size: int) -> str:
         if size >= tier.config.size:
-            return f"grow from {format_size(tier.config.size)} to {format_size(size)}"
+            return f"nothing leaves: {format_size(tier.config.size)} -> {format_size(size)}"
         use, pins = await self.pinned_fit(tier, size)
         # From here on, nothing new lands beyond the new size.
         tier.capacity = min(tier.capacity, size)

@@ -27,7 +27,8 @@ NQN_PREFIX = "nqn.2014-08.io.tierfs"
 NAMESPACE_ID = 1
 # How long `nvme connect` may take to make the namespace's block device appear.
 ATTACH_TIMEOUT_S = 30.0
-_NAMESPACE_RE = re.compile(r"^nvme\d+(c\d+)?n\d+$")
+# A subsystem lists its namespaces as nvmeXnY (per-path nodes, nvmeXcZnY, are hidden).
+_NAMESPACE_RE = re.compile(r"^nvme\d+n\d+$")
 
 
 @dataclass(frozen=True)
