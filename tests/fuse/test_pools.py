@@ -270,3 +270,23 @@ def test_api_contract(live: Mount) -> None:
         code, answer = http(live, method, path, body)
         assert code == want_code, (path, answer)
         assert set(answer) == {"error", "errno"} and "\n" not in answer["error"]
+
+
+def test_crash_mid_connect_is_resumed_at_the_next_start(live: Mount) -> None:
+    want: dict[str, str] = live.want  # type: ignore[attr-defined]
+    path = Path(pools(live)[POOL]["path"])
+    tu.cli_ok(live.config, "pool", "disconnect", POOL)
+    live.stop()
+    live.extra_env["TIERFS_FAULT_PAUSE"] = "pool_connect_mount"
+    live.start()
+    with cu.control(live) as client:
+        client.pool_action(POOL, "connect")
+    cu.wait_for_log(live, "fault point pool_connect_mount reached")
+    live.kill()
+    live.cleanup()
+    assert os.path.ismount(path)  # mounted, but never opened for copies
+    del live.extra_env["TIERFS_FAULT_PAUSE"]
+    live.start()
+    assert pools(live)[POOL]["state"] == "connected"
+    assert tu.promote_wait(live.state_dir, model("a"))["state"] == "done"
+    assert tu.read_through(live.mountpoint / model("a")) == want[model("a")]
