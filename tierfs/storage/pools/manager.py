@@ -13,7 +13,7 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any
 
 import trio
 from pydantic import ValidationError
@@ -34,9 +34,6 @@ from tierfs.storage.tiers import Tier, prepare_tier
 from tierfs.units import format_size
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
 
 # A remote pool is unmounted for real (not lazily) before its device goes away: readers
 # that still hold files open get this long to close them.
@@ -72,7 +69,7 @@ class PoolManager:
         runner: Runner = run_command,
         sysfs: Path = Path("/sys"),
         devdir: Path = Path("/dev"),
-        which: Any = shutil.which,
+        which: Callable[[str], str | None] = shutil.which,
     ) -> None:
         self.catalog = catalog
         self._tiers = {t.name: t for t in sorted(tiers, key=lambda t: t.rank)}
@@ -249,6 +246,8 @@ class PoolManager:
         self, tier: Tier, action: str, steps: Sequence[tuple[str, StepFn]]
     ) -> Operation:
         assert self._nursery is not None, "PoolManager.run is not running"
+        # Checked again with no await before the claim: the checks above awaited.
+        self._idle(tier.name)
         op = Operation(next(self._ids), tier.name, action, [Step(n, fn) for n, fn in steps])
         self._operations[op.id] = op
         self._busy[tier.name] = op
