@@ -290,3 +290,19 @@ def test_crash_mid_connect_is_resumed_at_the_next_start(live: Mount) -> None:
     assert pools(live)[POOL]["state"] == "connected"
     assert tu.promote_wait(live.state_dir, model("a"))["state"] == "done"
     assert tu.read_through(live.mountpoint / model("a")) == want[model("a")]
+
+
+def test_a_resize_holds_across_restarts_until_the_config_changes(live: Mount) -> None:
+    path = Path(pools(live)[POOL]["path"])
+    tu.cli_ok(live.config, "pool", "resize", POOL, "16M")
+    live.stop()
+    live.start()
+    assert tmpfs_size(path) == 16 * MiB
+    assert pools(live)[POOL]["size"] == 16 * MiB
+    live.stop()
+    # A tmpfs left mounted keeps its size; the start sizes one it mounts itself.
+    tu.lazy_umount(path)
+    live.config.write_text(live.config.read_text().replace('size = "32M"', 'size = "24M"'))
+    live.start()
+    assert tmpfs_size(path) == 24 * MiB
+    assert pools(live)[POOL]["size"] == 24 * MiB

@@ -199,7 +199,11 @@ class Daemon:
         self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
         self.mover = Mover(config, self.catalog, self.namespace, self.placement, self.tiers)
         self.pools = PoolManager(
-            self.catalog, self.tiers, self.mover, flush_access=self.placement.flush_access
+            self.catalog,
+            self.tiers,
+            self.mover,
+            flush_access=self.placement.flush_access,
+            configured={t.name: t.size for t in config.tier},
         )
         self.control = DaemonControl(self)
         self._mounted = False

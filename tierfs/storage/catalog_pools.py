@@ -20,7 +20,9 @@ class PoolRecord:
     """A pool's lifecycle as recorded.
 
     ``state`` is a `tierfs.states.PoolState`; ``step`` the last step completed of
-    ``action`` (connect, disconnect, resize); ``size`` the size the last resize set.
+    ``action`` (connect, disconnect, resize); ``size`` the pool's size then, and
+    ``configured`` the config's size then: a size set by ``resize`` holds until the config
+    changes.
     """
 
     name: str
@@ -29,9 +31,10 @@ class PoolRecord:
     step: str | None = None
     size: int | None = None
     error: str | None = None
+    configured: int | None = None
 
 
-_POOL_COLUMNS = "name, state, action, step, size, error"
+_POOL_COLUMNS = "name, state, action, step, size, error, configured"
 POOLS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
     name    TEXT PRIMARY KEY,
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS pools (
     step    TEXT,
     size    INTEGER,
     error   TEXT,
+    configured INTEGER,
     updated REAL NOT NULL
 );
 """
@@ -65,6 +69,6 @@ class PoolTable:
         with self._tx() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO pools ({_POOL_COLUMNS}, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (*astuple(record), time.time()),
             )

@@ -55,6 +55,8 @@ class PoolManager:
         mover: demotes models off a pool.
         flush_access: writes the reads not yet in the catalog, whose access times
             decide which models leave a shrinking pool first.
+        configured: each pool's size in the config file (recorded beside a resize's size,
+            so that a later change of the config wins over the resize).
         runner, sysfs, devdir, which: how remote pools run commands and find their
             namespace; tests replace them (see docs/pools.md).
     """
@@ -66,6 +68,7 @@ class PoolManager:
         mover: ModelMover,
         *,
         flush_access: Callable[[], Awaitable[None]] | None = None,
+        configured: dict[str, int] | None = None,
         runner: Runner = run_command,
         sysfs: Path = Path("/sys"),
         devdir: Path = Path("/dev"),
@@ -74,6 +77,7 @@ class PoolManager:
         self.catalog = catalog
         self._tiers = {t.name: t for t in sorted(tiers, key=lambda t: t.rank)}
         self.emptier = Emptier(catalog, mover, flush_access)
+        self._configured = configured or {}
         self._remote_env = (runner, sysfs, devdir, which)
         self._states = {
             t.name: PoolState.CONNECTED if t.online else PoolState.DISCONNECTED for t in tiers
@@ -267,6 +271,7 @@ class PoolManager:
             step,
             tier.config.size,
             self._errors.get(tier.name),
+            self._configured.get(tier.name),
         )
         with trio.CancelScope(shield=True):
             await self._db(self.catalog.set_pool, record)

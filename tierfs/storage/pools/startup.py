@@ -36,18 +36,23 @@ def prepare_pools(catalog: Catalog, configs: Sequence[TierConfig]) -> list[Tier]
     for config in configs:
         record = records.get(config.name)
         state = PoolState(record.state) if record else None
-        if record is not None and record.size and record.size != config.size:
+        configured = config.size
+        if record is not None and record.size and record.configured == configured:
             config = _with_size(config, record)
         if state in _DOWN or _remote_down(config, state):
             offline[config.name] = offline_tier(config)
-            _settle_down(catalog, config, record)
+            _settle_down(catalog, config, record, configured)
         else:
             online.append(fit_to_filesystem(config) if config.remote else config)
     prepared = {t.name: t for t in prepare_tiers(online)}
+    sizes = {c.name: c.size for c in configs}
     for tier in prepared.values():
         record = records.get(tier.name)
         if record is not None and record.state != PoolState.CONNECTED:
-            catalog.set_pool(PoolRecord(tier.name, str(PoolState.CONNECTED), size=tier.capacity))
+            up = PoolRecord(
+                tier.name, str(PoolState.CONNECTED), size=tier.capacity, configured=sizes[tier.name]
+            )
+            catalog.set_pool(up)
     return [prepared.get(c.name) or offline[c.name] for c in configs]
 
 
@@ -66,7 +71,9 @@ def _remote_down(config: TierConfig, state: PoolState | None) -> bool:
     )
 
 
-def _settle_down(catalog: Catalog, config: TierConfig, record: PoolRecord | None) -> None:
+def _settle_down(
+    catalog: Catalog, config: TierConfig, record: PoolRecord | None, configured: int
+) -> None:
     cut_short = record is not None and record.action == "disconnect"
     if config.kind == "ram" and cut_short and os.path.ismount(config.path):
         # A disconnect cut short: finish its unmount. The catalog's replicas there are
@@ -74,7 +81,8 @@ def _settle_down(catalog: Catalog, config: TierConfig, record: PoolRecord | None
         done = subprocess.run(["umount", "-l", str(config.path)], capture_output=True)
         log.info("pool %s: finished its disconnect (rc %d)", config.name, done.returncode)
     if record is None or record.state != PoolState.DISCONNECTED:
-        catalog.set_pool(PoolRecord(config.name, str(PoolState.DISCONNECTED), size=config.size))
+        down = str(PoolState.DISCONNECTED)
+        catalog.set_pool(PoolRecord(config.name, down, size=config.size, configured=configured))
     log.info("pool %s is disconnected (tierfs pool connect %s)", config.name, config.name)
 
 
