@@ -25,6 +25,8 @@ from tierfs.storage.trust import PRIVATE_MODE, untrusted_entry
 log = logging.getLogger(__name__)
 
 RAM_FSTYPES = frozenset({"tmpfs", "ramfs"})
+# The source name of the tmpfs tierfs mounts for a tier (what the mount table shows).
+TMPFS_SOURCE = "tierfs-tier"
 HOT_DIR = "hot"
 TMP_DIR = ".tmp"
 
@@ -236,7 +238,7 @@ def mount_tmpfs(path: Path, size: int, where: str, *, huge: bool) -> None:
     """
     options = f"size={size},mode=0700" + (",huge=within_size" if huge else "")
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tierfs-tier", str(path)],
+        ["mount", "-t", "tmpfs", "-o", options, TMPFS_SOURCE, str(path)],
         capture_output=True,
         text=True,
     )

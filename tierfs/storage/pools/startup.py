@@ -13,11 +13,12 @@ import subprocess
 from collections.abc import Sequence
 
 from tierfs.config import TierConfig
+from tierfs.mountinfo import mount_entry
 from tierfs.states import PoolState
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.catalog_pools import PoolRecord
 from tierfs.storage.pools.local import fs_size
-from tierfs.storage.tiers import Tier, offline_tier, prepare_tiers
+from tierfs.storage.tiers import TMPFS_SOURCE, Tier, offline_tier, prepare_tiers, remount_tmpfs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def prepare_pools(catalog: Catalog, configs: Sequence[TierConfig]) -> list[Tier]
             offline[config.name] = offline_tier(config)
             _settle_down(catalog, config, record, configured)
         else:
+            _grow_left_mounted(config)
             online.append(fit_to_filesystem(config) if config.remote else config)
     prepared = {t.name: t for t in prepare_tiers(online)}
     sizes = {c.name: c.size for c in configs}
@@ -54,6 +56,15 @@ def prepare_pools(catalog: Catalog, configs: Sequence[TierConfig]) -> list[Tier]
             )
             catalog.set_pool(up)
     return [prepared.get(c.name) or offline[c.name] for c in configs]
+
+
+def _grow_left_mounted(config: TierConfig) -> None:
+    """Grow a tier tmpfs that an earlier run left mounted to a larger configured size."""
+    entry = mount_entry(config.path)
+    if entry is None or entry.source != TMPFS_SOURCE or config.kind != "ram":
+        return
+    if fs_size(config.path) < config.size:
+        remount_tmpfs(config.path, config.size, f"tier {config.name!r} at {config.path}")
 
 
 def _with_size(config: TierConfig, record: PoolRecord) -> TierConfig:
