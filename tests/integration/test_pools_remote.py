@@ -250,8 +250,7 @@ def test_cut_short_connect_resumes_or_rolls_back(
         with_pools(config, stand_in, lambda s, m: _connect_into(record, s, m))
     finally:
         os.environ["PATH"] = saved
-    record["first"] = record["op"]
-    first = record["first"]
+    first = record["op"]
     assert first["state"] == "failed"
     assert [s["state"] for s in first["steps"]] == [StepState.FAILED] + [StepState.SKIPPED] * 7
     assert "mkfs.ext4" in first["error"] and "\n" not in first["error"]
@@ -283,7 +282,9 @@ def test_cut_short_connect_resumes_or_rolls_back(
     resumed = record["op"]
     assert resumed["state"] == "done", resumed
     details = {s["name"]: s["detail"] for s in resumed["steps"]}
+    assert details["ramdisk"].startswith("found a 32.0 MiB RAM disk /dev/loop"), details
     assert "exported" in details["export"] and "ext4 made" in details["mkfs"]
+    assert len(run_command(["losetup", "-j", str(stand_in.image)]).stdout.splitlines()) == 1
     assert os.path.ismount(config.tier[0].path)
     with_pools(config, stand_in, lambda s, m: _disconnect_into(record, s, m))
     assert record["start_state"] == "connected"

@@ -76,13 +76,16 @@ class RemoteTarget:
 
 
 def ramdisk_script(t: RemoteTarget) -> str:
-    """Make (or find) the RAM disk: a file in tmpfs behind a loop device; prints its device."""
+    """Make (or find) the RAM disk: a file in tmpfs behind a loop device.
+
+    Prints its device, then ``made`` or ``found``.
+    """
     img = shlex.quote(str(t.image))
     return (
-        f"set -e; img={img}; "
+        f"set -e; img={img}; how=found; "
         'dev=$(losetup -j "$img" | cut -d: -f1 | head -n 1); '
         f'if [ -z "$dev" ]; then truncate -s {t.size} "$img"; '
-        'dev=$(losetup --find --show "$img"); fi; echo "$dev"'
+        'dev=$(losetup --find --show "$img"); how=made; fi; echo "$dev $how"'
     )
 
 
@@ -219,11 +222,12 @@ class RemoteSteps:
         return "ssh, nvme and mkfs.ext4 are installed"
 
     async def ramdisk(self) -> str:
-        device = (await self._remote(ramdisk_script(self.target))).strip()
+        device, _, how = (await self._remote(ramdisk_script(self.target))).strip().partition(" ")
         if not device.startswith("/dev/"):
             raise PoolError(f"on {self.target.remote.ssh}: no loop device for the RAM disk")
         self.device = device
-        return f"{format_size(self.target.size)} RAM disk {device} on {self.target.remote.ssh}"
+        size = format_size(self.target.size)
+        return f"{how} a {size} RAM disk {device} on {self.target.remote.ssh}"
 
     async def export(self) -> str:
         await self._remote(export_script(self.target, self.device))
