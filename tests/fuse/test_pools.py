@@ -152,6 +152,7 @@ def test_resize_disconnect_connect_under_readers(live: Mount) -> None:
         assert pools(live)[POOL]["state"] == "disconnected"
         assert held.second_half() == want[model("pinned")]
         held.close()
+        assert "fsck: clean" in tu.cli_ok(live.config, "fsck").stdout
 
         # Nothing goes to a disconnected pool.
         job = tu.promote_wait(live.state_dir, model("a"))

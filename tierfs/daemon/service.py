@@ -37,7 +37,7 @@ from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.placement import Placement
 from tierfs.storage.pools import PoolManager, prepare_pools
-from tierfs.storage.tiers import Tier, release_fresh_tiers
+from tierfs.storage.tiers import release_fresh_tiers
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,9 @@ class Daemon:
     def stores(self) -> dict[str, Path]:
         return {c.name: c.path for c in self.config.cold}
 
-    @property
-    def connected_tiers(self) -> list[Tier]:
-        """The tiers whose pools are up: a disconnected pool's copies are gone."""
-        return [t for t in self.tiers if t.online]
-
     def recover(self) -> FsckReport:
         """Resolve what an earlier run left half-done, before anything is served."""
-        report = check(self.catalog, self.connected_tiers, self.stores, deep=False, repair=True)
+        report = check(self.catalog, self.tiers, self.stores, deep=False, repair=True)
         if report.clean:
             log.info("catalog consistent; %d hot copies adopted", report.adopted)
         else:
@@ -477,7 +472,7 @@ class DaemonControl:
                 # those in flight alone, whenever they began.
                 return check(
                     d.catalog,
-                    d.connected_tiers,
+                    d.tiers,
                     d.stores,
                     deep=deep,
                     repair=True,

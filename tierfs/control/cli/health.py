@@ -34,12 +34,11 @@ def fsck(
 
         # Held throughout, so that no daemon starts on the catalog while it is repaired.
         with StateDir(cfg.state_dir, "tierfs fsck"), Catalog(cfg.catalog_path) as catalog:
-            # Disconnected pools stay down, and hold nothing to check.
+            # Disconnected pools stay down; what the catalog says is on them is gone.
             tiers = prepare_pools(catalog, cfg.tier)
             try:
                 stores = {c.name: c.path for c in cfg.cold}
-                up = [t for t in tiers if t.online]
-                report = check(catalog, up, stores, deep=deep).to_json()
+                report = check(catalog, tiers, stores, deep=deep).to_json()
             finally:
                 # An offline check leaves the machine as it found it: a tier tmpfs it had
                 # to mount (after a reboot, say) is empty, and the next mount makes its own.

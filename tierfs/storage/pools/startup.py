@@ -88,7 +88,7 @@ def _settle_down(
     cut_short = record is not None and record.action == "disconnect"
     if config.kind == "ram" and cut_short and os.path.ismount(config.path):
         # A disconnect cut short: finish its unmount. The catalog's replicas there are
-        # dropped by the start's recovery (a tier it does not check is an unknown one).
+        # dropped by the start's recovery, which finds their files gone.
         done = subprocess.run(["umount", "-l", str(config.path)], capture_output=True)
         log.info("pool %s: finished its disconnect (rc %d)", config.name, done.returncode)
     if record is None or record.state != PoolState.DISCONNECTED:
