@@ -6,6 +6,7 @@ configs written for an older version keep working.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -88,6 +89,38 @@ class ColdStoreConfig(_Strict):
         return value
 
 
+class RemoteConfig(_Strict):
+    """How to bring a remote pool up: another host's RAM, exported over NVMe-oF.
+
+    See docs/pools.md for the steps ``tierfs pool connect`` runs with these.
+    """
+
+    # Where the RAM disk is made and exported: `ssh` runs the target's side there.
+    ssh: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.@:\[\]-]+$")
+    # The target's address on the storage network (what `nvme connect -a` gets).
+    address: str = Field(min_length=1, max_length=255)
+    transport: Literal["rdma", "tcp"] = "tcp"
+    port: int = Field(default=4420, ge=1, le=65535)
+    # The RAM disk's size on the remote host; the tier's own `size` by default.
+    size: Size | None = None
+    # The subsystem's NQN; nqn.2014-08.io.tierfs:<tier name> by default.
+    nqn: str | None = Field(default=None, min_length=1, max_length=223)
+    # Extra ssh arguments (an identity file, a known-hosts file, a port).
+    ssh_options: list[str] = Field(default_factory=list)
+    # On the remote host: where configfs is mounted, and where the RAM disk's file lives.
+    configfs: PathValue = Path("/sys/kernel/config")
+    ramdisk_dir: PathValue = Path("/dev/shm")
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+
 class TierConfig(_Strict):
     """A RAM tier that holds hot copies.
 
@@ -105,6 +138,8 @@ class TierConfig(_Strict):
     # Back that tmpfs with transparent huge pages (huge=within_size): writing a hot copy
     # then touches a 512th of the pages, which on a VM is most of a promotion's cost.
     huge_pages: bool = True
+    # kind = "remote" only: how `tierfs pool connect` brings it up (else the operator does).
+    remote: RemoteConfig | None = None
 
     _name = field_validator("name")(_check_name)
 
@@ -126,6 +161,8 @@ class TierConfig(_Strict):
     def _fits_in_ram(self) -> TierConfig:
         # A tmpfs may be given any size, and fills RAM and swap until the OOM killer
         # picks a victim. A remote tier's size is another host's business.
+        if self.remote is not None and self.kind != "remote":
+            raise ValueError(f'tier {self.name!r} has [tier.remote] but kind is not "remote"')
         ram = physical_memory()
         if self.kind == "ram" and self.size > ram:
             raise ValueError(
@@ -420,8 +457,21 @@ def to_toml(config: Config) -> str:
         ]
     for key, items in arrays:
         for item in items:
-            lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+            lines += ["", f"[[{key}]]", *_toml_pairs(item)]
+            # A sub-table of an array entry ([tier.remote]) follows the entry's own keys.
+            for sub, table in item.items():
+                if isinstance(table, dict):
+                    lines += ["", f"[{key}.{sub}]", *_toml_pairs(table)]
     return "\n".join(lines) + "\n"
+
+
+def _toml_pairs(table: dict[str, Any]) -> list[str]:
+    # TOML has no null: an unset optional key is left out.
+    return [
+        f"{k} = {_toml_value(v)}"
+        for k, v in table.items()
+        if v is not None and not isinstance(v, dict)
+    ]
 
 
 def _toml_value(value: object) -> str:
@@ -432,4 +482,6 @@ def _toml_value(value: object) -> str:
     if isinstance(value, str):
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot render {value!r} as TOML")

@@ -56,5 +56,10 @@ class TierError(TierfsError):
     """A RAM tier is missing, too small, not RAM-backed, or unknown."""
 
 
+class PoolError(TierfsError):
+    """A pool cannot be connected, disconnected or resized (a step failed, or a tool is
+    missing, or a host cannot be reached); the message names what."""
+
+
 class ControlError(TierfsError):
     """The control API of a running mount refused a request or cannot be reached."""

@@ -4,7 +4,9 @@ Points: ``copy_started`` (temp file created, nothing written), ``copy_written`` 
 written and verified), ``copy_verified`` (made read-only, not yet renamed),
 ``copy_renamed`` (renamed, not yet hot in the catalog), ``evict_marked`` (catalog says
 evicting, file not yet removed), ``backing_open`` (an open has chosen its copy and is about
-to open it), ``fsck_checking`` (an online fsck is about to read the catalog).
+to open it), ``fsck_checking`` (an online fsck is about to read the catalog),
+``pool_<action>_<step>`` (a pool operation recorded that step as done, e.g.
+``pool_disconnect_demote``).
 
 Set ``TIERFS_FAULT_PAUSE=copy_written,evict_marked`` and the daemon logs
 ``fault point <name> reached`` and stops there (for ``TIERFS_FAULT_PAUSE_S`` seconds,

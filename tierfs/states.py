@@ -29,3 +29,32 @@ class ModelState(StrEnum):
     PARTIAL = "partial"
     HOT = "hot"
     PROMOTING = "promoting"
+
+
+class PoolState(StrEnum):
+    """Where a pool (a tier with a lifecycle at runtime) is."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    DISCONNECTING = "disconnecting"
+    RESIZING = "resizing"
+    FAILED = "failed"
+
+
+class OperationState(StrEnum):
+    """Where a pool operation (connect, disconnect, resize) is."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class StepState(StrEnum):
+    """Where one step of a pool operation is."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"

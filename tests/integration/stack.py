@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.mover.context import MoverContext
 from tierfs.storage.placement import Placement
+from tierfs.storage.pools import PoolManager
 from tierfs.storage.records import ReplicaState
 from tierfs.storage.tiers import HOT_DIR, TMP_DIR, Tier
 
@@ -66,6 +67,7 @@ class Stack:
     mover: Mover
     tiers: list[Tier]
     kernel: RecordingKernel
+    pools: PoolManager
     # Where live settings would be saved; an in-process stack has no config file.
     config_path: Path | None = None
 
@@ -116,17 +118,26 @@ def stack_config(
 
 
 @asynccontextmanager
-async def running_stack(config: Config, push: PushFn | None = None) -> AsyncIterator[Stack]:
+async def running_stack(
+    config: Config,
+    push: PushFn | None = None,
+    tiers_of: Callable[[Catalog], list[Tier]] | None = None,
+) -> AsyncIterator[Stack]:
     """Build the parts for `config`, start the mover, and stop it on exit.
 
     Args:
         config: as from `stack_config`.
         push: stands in for ``pyfuse3.notify_store`` (prefetch is off without one).
+        tiers_of: makes the tiers from the catalog (as a daemon's start does); by default
+            each configured tier is a plain directory taken as tmpfs.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(config.catalog_path)
     try:
-        tiers = [Tier(t, capacity=t.size, fstype="tmpfs") for t in config.tier]
+        if tiers_of is not None:
+            tiers = tiers_of(catalog)
+        else:
+            tiers = [Tier(t, capacity=t.size, fstype="tmpfs") for t in config.tier]
         namespace = Namespace([ColdStore(c.name, c.path) for c in config.cold])
         placement = Placement(catalog)
         await placement.load()
@@ -134,12 +145,23 @@ async def running_stack(config: Config, push: PushFn | None = None) -> AsyncIter
         kernel = RecordingKernel()
         operations = TierfsOperations(namespace, placement, readpath, kernel)
         mover = Mover(MoverContext(config, catalog, namespace, placement, tiers))
+        pools = PoolManager(catalog, tiers, mover, flush_access=placement.flush_access)
         async with trio.open_nursery() as nursery:
             await nursery.start(readpath.run)
             await nursery.start(operations.run)
             await nursery.start(mover.run)
+            await nursery.start(pools.run)
             yield Stack(
-                config, catalog, namespace, placement, readpath, operations, mover, tiers, kernel
+                config,
+                catalog,
+                namespace,
+                placement,
+                readpath,
+                operations,
+                mover,
+                tiers,
+                kernel,
+                pools,
             )
             nursery.cancel_scope.cancel()
     finally:

@@ -10,6 +10,7 @@ import pytest
 from tierfs.errors import CatalogError
 from tierfs.namespace.identity import FileIdentity
 from tierfs.storage.catalog import SCHEMA_VERSION, Catalog
+from tierfs.storage.catalog_pools import PoolRecord
 from tierfs.storage.records import AccessDelta, ReplicaState
 
 
@@ -152,3 +153,21 @@ def test_a_version_1_catalog_is_migrated_and_its_copies_count_as_changed(tmp_pat
         [old] = catalog.files()
         assert old.identity == FileIdentity(10, 111, 0, 0, 0)
         assert catalog.sync_file("nfs", "a", ident(10, 111)).xxh3 is None
+
+
+def test_a_version_2_catalog_gains_the_pools_table(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    with Catalog(path):
+        pass
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE pools")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with Catalog(path) as catalog:
+        assert catalog.schema_version == SCHEMA_VERSION == 3
+        assert catalog.pool_records() == {}
+        record = PoolRecord("ram0", "disconnecting", "disconnect", "demote", 8 << 20, None)
+        catalog.set_pool(record)
+    with Catalog(path) as catalog:
+        assert catalog.pool_records() == {"ram0": record}

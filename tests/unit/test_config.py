@@ -75,6 +75,29 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
     assert config.catalog_path == Path("/var/lib/tierfs/catalog.sqlite")
 
 
+# A remote pool that `tierfs pool connect` brings up, as the docs show it.
+REMOTE = (
+    GOOD
+    + """
+[[tier]]
+name = "remote0"
+path = "/mnt/tierfs/remote0"
+size = "100G"
+rank = 1
+kind = "remote"
+[tier.remote]
+ssh = "root@storage1"
+address = "10.0.40.2"
+transport = "tcp"
+port = 4420
+size = "128G"
+ssh_options = ["-i", "/etc/tierfs/id_ed25519"]
+configfs = "/sys/kernel/config"
+ramdisk_dir = "/dev/shm"
+"""
+)
+
+
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [
@@ -117,6 +140,10 @@ def test_the_documented_example_is_valid(stores: FakeFilesystem) -> None:
         (GOOD + "[web]\nlisten = '5050'\n", "web.listen", "is not HOST:PORT"),
         (GOOD + "[web]\nlisten = 'localhost:99999'\n", "web.listen", "is not HOST:PORT"),
         (GOOD + "[web]\nport = 5050\n", "web.port", "unknown key"),
+        (REMOTE.replace('"10.0.40.2"', '"storage-host"'), "tier[1].remote.address", "not an IP"),
+        (REMOTE.replace('"tcp"', '"fc"'), "tier[1].remote.transport", "'rdma' or 'tcp'"),
+        (REMOTE.replace("port = 4420", "port = 0"), "tier[1].remote.port", "greater than"),
+        (REMOTE.replace('kind = "remote"', 'kind = "ram"'), "tier[1]", "kind is not"),
     ],
 )
 def test_each_mistake_is_one_clear_line(
@@ -176,7 +203,8 @@ def test_bad_sizes_are_refused(bad: object) -> None:
 
 
 def test_show_round_trips(stores: FakeFilesystem) -> None:
-    config = load_config(write(stores, GOOD))
+    config = load_config(write(stores, REMOTE))
+    assert config.tier[1].remote is not None
     again = load_config(write(stores, to_toml(config)))
     assert again == config
     assert isinstance(again, Config)

@@ -14,6 +14,10 @@ where a boolean belongs are refused; every error, unknown paths included, is
 - ``POST /api/demote {"model"}``: remove hot copies; returns the bytes freed.
 - ``POST /api/pin {"model", "tier"?}`` and ``POST /api/unpin {"model"}``.
 - ``POST /api/fsck {"deep"?}``: check and repair; returns the report.
+- ``GET  /api/pools``: every pool's kind, size, use and state.
+- ``POST /api/pools/{name}/connect|disconnect``, ``POST /api/pools/{name}/resize {"size"}``:
+  start an operation; returns ``{"operation"}`` with its steps (202).
+- ``GET  /api/pools/operations/{id}``: an operation and its steps' progress.
 - ``GET  /metrics``: Prometheus metrics.
 
 The daemon adds the web GUI's routes to the same app (`tierfs.control.web.routes`: the
@@ -43,6 +47,7 @@ from starlette.routing import BaseRoute, Route
 from tierfs.control.httpserve import serve_unix
 from tierfs.control.metrics import MetricsSnapshot
 from tierfs.errors import ControlError, TierfsError
+from tierfs.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,12 @@ class ControlService(Protocol):
 
     async def fsck(self, deep: bool) -> dict[str, Any]: ...
 
+    async def pools(self) -> list[dict[str, Any]]: ...
+
+    async def pool_action(self, name: str, action: str, size: int | None) -> dict[str, Any]: ...
+
+    def pool_operation(self, op_id: int) -> dict[str, Any] | None: ...
+
     async def metrics(self) -> dict[str, Any]: ...
 
 
@@ -104,6 +115,18 @@ class FsckBody(StrictBody):
     """``{"deep"?}``: a JSON boolean, never a string that looks like one."""
 
     deep: bool = False
+
+
+class ResizeBody(StrictBody):
+    """``{"size"}``: a size like ``"8G"`` (binary units, as in the config) or bytes."""
+
+    size: str | int
+
+    def parsed(self) -> int:
+        try:
+            return parse_size(self.size)
+        except ValueError as exc:
+            raise ControlError(f'"size": {exc}', errno=errno.EINVAL) from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -217,6 +240,29 @@ def make_app(service: ControlService, extra_routes: Sequence[BaseRoute] = ()) ->
         return JSONResponse(await service.fsck(body.deep))
 
     @json_errors
+    async def pools(request: Request) -> Response:
+        return JSONResponse({"pools": await service.pools()})
+
+    @json_errors
+    async def pool_action(request: Request) -> Response:
+        name, action = request.path_params["name"], request.path_params["action"]
+        if action not in ("connect", "disconnect", "resize"):
+            raise ControlError(f"no pool action {action!r}", errno=errno.ENOENT)
+        size = (await read_body(request, ResizeBody)).parsed() if action == "resize" else None
+        operation = await service.pool_action(name, action, size)
+        return JSONResponse({"operation": operation}, 202)
+
+    @json_errors
+    async def pool_operation(request: Request) -> Response:
+        raw = request.path_params["op_id"]
+        if not raw.isdigit():
+            raise ControlError("operation id must be a number", errno=errno.EINVAL)
+        found = service.pool_operation(int(raw))
+        if found is None:
+            raise ControlError(f"no pool operation {raw}", errno=errno.ENOENT)
+        return JSONResponse({"operation": found})
+
+    @json_errors
     async def metrics(request: Request) -> Response:
         registry = CollectorRegistry()
         registry.register(MetricsSnapshot(await service.metrics()))
@@ -239,6 +285,9 @@ def make_app(service: ControlService, extra_routes: Sequence[BaseRoute] = ()) ->
             Route("/api/pin", pin, methods=["POST"]),
             Route("/api/unpin", unpin, methods=["POST"]),
             Route("/api/fsck", fsck, methods=["POST"]),
+            Route("/api/pools", pools),
+            Route("/api/pools/operations/{op_id}", pool_operation),
+            Route("/api/pools/{name}/{action}", pool_action, methods=["POST"]),
             Route("/metrics", metrics),
             *extra_routes,
         ],

@@ -12,6 +12,7 @@ import json
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tierfs.errors import ControlError
 
@@ -118,3 +119,14 @@ class ControlClient:
 
     def fsck(self, deep: bool) -> dict[str, Any]:
         return dict(self._call("POST", "/api/fsck", {"deep": deep}))
+
+    def pools(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/pools")["pools"])
+
+    def pool_action(self, name: str, action: str, size: str | None = None) -> dict[str, Any]:
+        body = {"size": size} if size is not None else None
+        path = f"/api/pools/{quote(name, safe='')}/{action}"
+        return dict(self._call("POST", path, body)["operation"])
+
+    def pool_operation(self, op_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/pools/operations/{op_id}")["operation"])

@@ -24,6 +24,7 @@ from tierfs.ops.fsck import FsckReport, check
 from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.placement import Placement
+from tierfs.storage.pools import PoolManager
 from tierfs.storage.tiers import Tier
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class DaemonParts(Protocol):
     readpath: ReadPath
     operations: TierfsOperations
     mover: Mover
+    pools: PoolManager
     tiers: list[Tier]
 
     @property
@@ -70,9 +72,11 @@ class DaemonControl:
         reasons = d.mover.cold_reasons()
         # Opens reach the catalog only at the next flush; the status shows them at once.
         accessed = d.placement.last_accesses()
+        # Pools resized or disconnected at runtime report their sizes as they are now.
+        config = d.config.model_copy(update={"tier": [t.config for t in d.tiers]})
         report = await trio.to_thread.run_sync(
             lambda: build_report(
-                d.config,
+                config,
                 inventory,
                 d.catalog,
                 d.namespace,
@@ -137,6 +141,27 @@ class DaemonControl:
             d.mover.use_config(config)
             log.info("settings changed live: %s", changes)
         return {**current_settings(config), "saved_to": str(path) if path else None}
+
+    async def pools(self) -> list[dict[str, Any]]:
+        """Every pool: kind, path, size, used, free and state."""
+        return await self.daemon.pools.pools()
+
+    async def pool_action(self, name: str, action: str, size: int | None) -> dict[str, Any]:
+        """Start connecting, disconnecting or resizing a pool; its operation, as JSON."""
+        pools = self.daemon.pools
+        if action == "connect":
+            op = await pools.connect(name)
+        elif action == "disconnect":
+            op = await pools.disconnect(name)
+        else:
+            assert size is not None
+            op = await pools.resize(name, size)
+        return op.to_json()
+
+    def pool_operation(self, op_id: int) -> dict[str, Any] | None:
+        """A pool operation's steps and state, or None for an unknown id."""
+        op = self.daemon.pools.operation(op_id)
+        return op.to_json() if op else None
 
     async def fsck(self, deep: bool) -> dict[str, Any]:
         """Check the catalog against the tiers while serving, repairing what it finds."""

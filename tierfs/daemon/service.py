@@ -39,7 +39,8 @@ from tierfs.storage.catalog import Catalog
 from tierfs.storage.mover import Mover
 from tierfs.storage.mover.context import MoverContext
 from tierfs.storage.placement import Placement
-from tierfs.storage.tiers import prepare_tiers, release_fresh_tiers
+from tierfs.storage.pools import PoolManager, prepare_pools
+from tierfs.storage.tiers import release_fresh_tiers
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,17 @@ class Daemon:
             self.placement = Placement(self.catalog)
             self.readpath = ReadPath(config.read, push=pyfuse3.notify_store)
             self.operations = TierfsOperations(self.namespace, self.placement, self.readpath)
-            self.tiers = prepare_tiers(config.tier)
+            self.tiers = prepare_pools(self.catalog, config.tier)
             undo.callback(release_fresh_tiers, self.tiers)
             self.mover = Mover(
                 MoverContext(config, self.catalog, self.namespace, self.placement, self.tiers)
+            )
+            self.pools = PoolManager(
+                self.catalog,
+                self.tiers,
+                self.mover,
+                flush_access=self.placement.flush_access,
+                configured={t.name: t.size for t in config.tier},
             )
             self.control = DaemonControl(self)
             undo.pop_all()
@@ -205,6 +213,7 @@ class Daemon:
             await nursery.start(self.operations.run)
             await nursery.start(self._watch_signals)
             await nursery.start(self.mover.run)
+            await nursery.start(self.pools.run)
             app = make_app(self.control, web_routes(self.control))
             await nursery.start(serve_control, app, self.config.control_socket)
             if self.web_token is not None:

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from tierfs.errors import CatalogError
 from tierfs.namespace.identity import FileIdentity
+from tierfs.storage.catalog_pools import POOLS_SCHEMA, PoolTable
 from tierfs.storage.records import AccessDelta, FileRecord, Replica, ReplicaState
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS model_events (
 """
 
 
-class Catalog:
+class Catalog(PoolTable):
     """The SQLite catalog in the state directory.
 
     Args:
@@ -124,7 +125,7 @@ class Catalog:
     def _migrate(self) -> None:
         # executescript commits on its own; the statements are idempotent.
         with self._lock:
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + POOLS_SCHEMA)
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
@@ -139,10 +140,12 @@ class Catalog:
                 # zeros, which match no file: their hot copies are dropped and made again.
                 for column in ("ctime_ns", "ino", "dev"):
                     db.execute(f"ALTER TABLE files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-                db.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-                )
-                found = SCHEMA_VERSION
+                found = 2
+            if found == 2:
+                # Version 3 added the pools table, which the schema script just created.
+                found = 3
+            if int(row[0]) < found:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(found),))
         if found > SCHEMA_VERSION:
             raise CatalogError(
                 f"{self.path}: catalog schema version {found} is newer than this tierfs "

@@ -25,6 +25,8 @@ from tierfs.storage.trust import PRIVATE_MODE, untrusted_entry
 log = logging.getLogger(__name__)
 
 RAM_FSTYPES = frozenset({"tmpfs", "ramfs"})
+# The source name of the tmpfs tierfs mounts for a tier (what the mount table shows).
+TMPFS_SOURCE = "tierfs-tier"
 HOT_DIR = "hot"
 TMP_DIR = ".tmp"
 
@@ -53,6 +55,8 @@ class Tier:
     fstype: str
     #: This call of prepare_tier mounted the tmpfs (so it is empty and ours to take back).
     mounted_here: bool = False
+    #: False while the pool is disconnected: its capacity is 0, so nothing is placed there.
+    online: bool = True
 
     @property
     def name(self) -> str:
@@ -87,8 +91,27 @@ class Tier:
 
     def free_bytes(self) -> int:
         """What the file system itself still has (the catalog tracks what we claimed)."""
+        if not self.online:
+            return 0
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+    def take_offline(self) -> None:
+        """Stop placing anything here (a pool being disconnected or gone)."""
+        self.online = False
+        self.capacity = 0
+
+    def adopt(self, prepared: Tier) -> None:
+        """Take over a freshly prepared tier's state, keeping this object (others hold it)."""
+        self.config = prepared.config
+        self.fstype = prepared.fstype
+        self.capacity = prepared.capacity
+        self.online = True
+
+
+def offline_tier(config: TierConfig) -> Tier:
+    """A tier whose pool is disconnected: known by name, holding nothing, taking nothing."""
+    return Tier(config=config, capacity=0, fstype="", online=False)
 
 
 def prepare_tier(config: TierConfig) -> Tier:
@@ -121,13 +144,13 @@ def prepare_tier(config: TierConfig) -> Tier:
                 path=str(path),
                 errno=exc.errno or errno.EIO,
             ) from None
-        _mount_tmpfs(path, config.size, where, huge=config.huge_pages)
+        mount_tmpfs(path, config.size, where, huge=config.huge_pages)
         mounted_here = True
     try:
         return _check_tier(config, where, mounted_here)
     except TierError:
         if mounted_here:
-            _unmount_tmpfs(path)
+            unmount_tmpfs(path)
         raise
 
 
@@ -158,7 +181,7 @@ def release_fresh_tiers(tiers: Sequence[Tier]) -> None:
     """
     for tier in tiers:
         if tier.mounted_here:
-            _unmount_tmpfs(tier.root)
+            unmount_tmpfs(tier.root)
 
 
 def _check_tier(config: TierConfig, where: str, mounted_here: bool) -> Tier:
@@ -207,10 +230,15 @@ def unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def _mount_tmpfs(path: Path, size: int, where: str, *, huge: bool) -> None:
+def mount_tmpfs(path: Path, size: int, where: str, *, huge: bool) -> None:
+    """Mount a private tmpfs of `size` bytes at `path`.
+
+    Raises:
+        TierError: mount refused; its message is kept.
+    """
     options = f"size={size},mode=0700" + (",huge=within_size" if huge else "")
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tierfs-tier", str(path)],
+        ["mount", "-t", "tmpfs", "-o", options, TMPFS_SOURCE, str(path)],
         capture_output=True,
         text=True,
     )
@@ -223,7 +251,25 @@ def _mount_tmpfs(path: Path, size: int, where: str, *, huge: bool) -> None:
     log.info("mounted a %s tmpfs at %s", format_size(size), path)
 
 
-def _unmount_tmpfs(path: Path) -> None:
+def remount_tmpfs(path: Path, size: int, where: str) -> None:
+    """Give a mounted tmpfs a new size; its files stay.
+
+    Raises:
+        TierError: the kernel refused (a size below what the tmpfs holds, say).
+    """
+    result = subprocess.run(
+        ["mount", "-o", f"remount,size={size}", str(path)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise TierError(
+            f"{where}: cannot resize the tmpfs to {format_size(size)}: {result.stderr.strip()}",
+            path=str(path),
+            errno=errno.EBUSY,
+        )
+    log.info("resized the tmpfs at %s to %s", path, format_size(size))
+
+
+def unmount_tmpfs(path: Path) -> None:
     # Best effort: this runs on the way out of a refused start, whose error is the one that
     # matters; a failure here is logged, not raised over it.
     result = subprocess.run(["umount", str(path)], capture_output=True, text=True)

@@ -6,10 +6,10 @@ parse arguments and render results. One module per group of commands; importing 
 registers its commands on `app`.
 """
 
-from tierfs.control.cli import gui, health, models, mount, report
+from tierfs.control.cli import gui, health, models, mount, pool, report
 from tierfs.control.cli.app import app
 
-__all__ = ["app", "gui", "health", "main", "models", "mount", "report"]
+__all__ = ["app", "gui", "health", "main", "models", "mount", "pool", "report"]
 
 
 def main() -> None:

@@ -29,15 +29,16 @@ def fsck(
         from tierfs.daemon.statedir import StateDir
         from tierfs.ops.fsck import check
         from tierfs.storage.catalog import Catalog
-        from tierfs.storage.tiers import prepare_tiers, release_fresh_tiers
+        from tierfs.storage.pools import prepare_pools
+        from tierfs.storage.tiers import release_fresh_tiers
 
         # Held throughout, so that no daemon starts on the catalog while it is repaired.
-        with StateDir(cfg.state_dir, "tierfs fsck"):
-            tiers = prepare_tiers(cfg.tier)
+        with StateDir(cfg.state_dir, "tierfs fsck"), Catalog(cfg.catalog_path) as catalog:
+            # Disconnected pools stay down; what the catalog says is on them is gone.
+            tiers = prepare_pools(catalog, cfg.tier)
             try:
-                with Catalog(cfg.catalog_path) as catalog:
-                    stores = {c.name: c.path for c in cfg.cold}
-                    report = check(catalog, tiers, stores, deep=deep).to_json()
+                stores = {c.name: c.path for c in cfg.cold}
+                report = check(catalog, tiers, stores, deep=deep).to_json()
             finally:
                 # An offline check leaves the machine as it found it: a tier tmpfs it had
                 # to mount (after a reboot, say) is empty, and the next mount makes its own.
