@@ -419,69 +419,18 @@ def load_config(path: Path | None = None) -> Config:
     return config_from_dict(data, source=str(path))
 
 
-def demo_config(base: Path) -> Config:
-    """The built-in config of the demo: everything lives under `base`.
-
-    Args:
-        base: the demo directory, holding ``cold/`` (built by `tierfs.ops.demo`).
-    """
-    base = base.resolve()
-    return config_from_dict(
-        {
-            "mountpoint": str(base.parent / "mnt") if base.name == "demo" else str(base / "mnt"),
-            "state_dir": str(base / "state"),
-            "cold": [{"name": "demo", "path": str(base / "cold")}],
-            "tier": [{"name": "ram0", "path": str(base / "ram0"), "size": "1G", "rank": 0}],
-        },
-        source="<built-in demo config>",
-    )
-
-
 def to_toml(config: Config) -> str:
     """Render a config as TOML, the effective values included."""
-    data = config.model_dump(mode="json")
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    arrays: list[tuple[str, list[dict[str, Any]]]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif isinstance(value, list):
-            arrays.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, table in tables:
-        # TOML has no null: an unset optional key (web.token_file) is left out.
-        lines += ["", f"[{key}]"] + [
-            f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None
-        ]
-    for key, items in arrays:
-        for item in items:
-            lines += ["", f"[[{key}]]", *_toml_pairs(item)]
-            # A sub-table of an array entry ([tier.remote]) follows the entry's own keys.
-            for sub, table in item.items():
-                if isinstance(table, dict):
-                    lines += ["", f"[{key}.{sub}]", *_toml_pairs(table)]
-    return "\n".join(lines) + "\n"
+    # Imported here: `tierfs config show` and install need it, a mount does not.
+    import tomlkit
+
+    return tomlkit.dumps(_without_unset(config.model_dump(mode="json")))
 
 
-def _toml_pairs(table: dict[str, Any]) -> list[str]:
-    # TOML has no null: an unset optional key is left out.
-    return [
-        f"{k} = {_toml_value(v)}"
-        for k, v in table.items()
-        if v is not None and not isinstance(v, dict)
-    ]
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+def _without_unset(value: Any) -> Any:
+    # TOML has no null: an unset optional key (web.token_file, say) is left out.
+    if isinstance(value, dict):
+        return {k: _without_unset(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
+        return [_without_unset(v) for v in value]
+    return value

@@ -76,8 +76,9 @@ def demo(
     ] = False,
 ) -> None:
     """Build a small demo cold store and mount it with the built-in demo config."""
-    from tierfs.config import demo_config, to_toml
+    from tierfs.config import to_toml
     from tierfs.ops.demo import build_demo_store
+    from tierfs.ops.demo.config import demo_config
 
     directory = directory.absolute()
     setup_logging("info")
