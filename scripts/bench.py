@@ -12,6 +12,7 @@ Usage: scripts/bench [fuse|promote|loader|metadata|all] [--size 2G] [--repeat 3]
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -89,10 +90,14 @@ def bench_fuse(workdir: Path, size: int, repeat: int) -> str:
         ) -> None:
             row = Row(case, [], {mode: [] for mode in MODES}, {mode: [] for mode in MODES})
             runs = ["direct", *MODES]
+            # Every order of the three in turn, not a rotation: a rotation keeps the cycle, so
+            # one method would always follow the same other one, and a sample depends on what
+            # ran before it (dropping a 2x page cache after the daemon's read returns more
+            # memory to the VM's host, and the next read must fault it back).
+            orders = list(itertools.permutations(runs))
             for rep in range(repeat):
                 sample: dict[str, float] = {}
-                # Rotate the order, so that no method always runs first (or last).
-                for who in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
+                for who in orders[rep % len(orders)]:
                     if who == "direct":
                         prepare()
                         sample[who] = timed(make(stores[rel.split("/")[0]] / rel))
@@ -152,8 +157,8 @@ def render_fuse(
         f"First reads through the mount against reads of the backing file, {size / 2**30:.1f} GiB"
         f" file, {repeat} repetitions: median GB/s (in brackets, the ratio to the direct read:"
         " the median of the ratios to the direct read taken next to it / best against best)."
-        " The order of the three rotates between repetitions. Each mount sample uses a fresh"
-        " mount, so no FUSE page is cached from an earlier one."
+        " Each repetition runs the three in another of their six orders. Each mount sample"
+        " uses a fresh mount, so no FUSE page is cached from an earlier one."
         " *daemon*:"
         ' `[read] passthrough = "off"`, every read crosses into the daemon; *passthrough*: the'
         " kernel reads the backing file itself.",
