@@ -6,8 +6,9 @@ Scenarios: cold from disk (page cache dropped before each run), warm from disk (
 read through the page cache before each run) and from tmpfs.  Every method keeps every
 tensor it loaded, in memory it owns, until the clock stops (scripts/loader_methods.py says
 how for each).  Every measurement is a fresh process; the methods are interleaved in an
-order that rotates with each repetition (one scenario after the other, so the tmpfs copies
-only take memory during their own), and the median is reported with each method's peak RSS.
+order that changes with each repetition (`balanced_order`), one scenario after the other
+(so the tmpfs copies only take memory during their own), and the median is reported with
+each method's peak RSS.
 
 Bounds, each a method of its own in the same rotation:
 
@@ -250,6 +251,27 @@ def _child_main(argv: list[str]) -> None:
     print(json.dumps(_child(a.method, ck, a.settle)))
 
 
+def balanced_order(methods: list[str], rep: int) -> list[str]:
+    """The order of the methods in repetition `rep`: row `rep` of a Williams design.
+
+    A sample depends on the one before it (the memory it freed goes back to the VM's host,
+    and the next process faults it in again), so each method must follow every other one
+    as often as it can. A rotation does not do that: it keeps the cycle, and one method
+    would always follow the same one. Here the first rows put each method first once and
+    after a different method each time; for an odd count the mirrored rows finish the set.
+    """
+    n = len(methods)
+    pattern, low, high = [0], 1, n - 1
+    while len(pattern) < n:
+        pattern.append(low)
+        low += 1
+        if len(pattern) < n:
+            pattern.append(high)
+            high -= 1
+    row = [methods[(i + rep) % n] for i in pattern]
+    return row if (rep // n) % 2 == 0 else row[::-1]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         _child_main(sys.argv[2:])
@@ -328,10 +350,7 @@ def main() -> None:
         for scen in scenarios:
             ck = to_tmpfs(on_disk, shm) if scen == "tmpfs" else on_disk
             for rep in range(args.repeat):
-                order = peers + extra[scen]
-                # Rotate, so each method follows a different one in each repetition.
-                k = rep % len(order)
-                for m in order[k:] + order[:k]:
+                for m in balanced_order(peers + extra[scen], rep):
                     if m == "tensorizer" and ck.tensorizer is None:
                         continue
                     if scen == "disk-cold" and drop:
