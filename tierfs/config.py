@@ -194,13 +194,17 @@ class PolicyConfig(_Strict):
         return self
 
 
+# The placement strategies (README: placement strategies); the mover decides by them.
+Strategy = Literal["fastest-fit", "fill-first", "round-robin"]
+
+
 class PlacementConfig(_Strict):
     """Which tier a promotion goes to when none is named (README: placement strategies)."""
 
     # fastest-fit: the fastest tier with room now; evict only when none has room.
     # fill-first: the fastest tier that can hold it, evicting its LRU models down a tier.
     # round-robin: rotate over the tiers with room now.
-    strategy: Literal["fastest-fit", "fill-first", "round-robin"] = "fastest-fit"
+    strategy: Strategy = "fastest-fit"
 
 
 class ReadConfig(_Strict):

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Literal, get_args
+from typing import get_args
 
 import trio
 
-from tierfs.config import Config, PlacementConfig, format_size
+from tierfs.config import Config, PlacementConfig, Strategy, format_size
 from tierfs.errors import ConfigError, TierError, TierfsError
 from tierfs.namespace.inventory import Inventory
 from tierfs.namespace.models import Model
@@ -31,8 +31,6 @@ from tierfs.storage.mover.promotion import Promoter
 from tierfs.storage.tiers import Tier
 
 log = logging.getLogger(__name__)
-
-Strategy = Literal["fastest-fit", "fill-first", "round-robin"]
 
 
 class Mover:
@@ -135,8 +133,7 @@ class Mover:
             known = ", ".join(get_args(Strategy))
             raise ConfigError(f"unknown placement strategy {name!r} (one of: {known})")
         placement = PlacementConfig(strategy=name)  # type: ignore[arg-type]
-        self.ctx.config = self.ctx.config.model_copy(update={"placement": placement})
-        log.info("placement strategy: %s", name)
+        self.use_config(self.ctx.config.model_copy(update={"placement": placement}))
 
     def use_config(self, config: Config) -> None:
         """Decide by `config` from now on (watermarks, promote-on-open, strategy).
