@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import torch
 from loader.backends.base import BackendFile
 from loader.devicereads import DeviceReads
 from loader.distributed import DistContext
+from loader.fill import FreshFiller, OwnFill
 from loader.format import Header
 from loader.memory import HUGE_DESTINATIONS, BufferPool, HostBuffer, tensor_bytes
 from loader.plan import Kind, Plan, PlannedTensor, Request
@@ -32,9 +32,6 @@ from loader.tierfs import ResolvedFile
 from loader.verify import FileHashes
 
 log = logging.getLogger(__name__)
-# Populating a fresh destination with MADV_POPULATE_WRITE before the read is cheaper than
-# taking its page faults one by one inside the copy (measured ~1.5x on this VM class).
-_PREFAULT = os.environ.get("LOADER_PREFAULT", "1") == "1"
 
 
 @dataclass
@@ -61,8 +58,14 @@ class Stats:
     populate_s: float = 0.0
     read_s: float = 0.0
     threads: int = 0
+    fills: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_fill(self, how: str) -> None:
+        """Count a fresh destination filled ``how`` (see ``loader.fill.Fill``)."""
+        with self.lock:
+            self.fills[how] = self.fills.get(how, 0) + 1
 
     def add(self, nbytes: int, populate_s: float = 0.0, read_s: float = 0.0) -> None:
         with self.lock:
@@ -89,6 +92,7 @@ class Pipeline:
         dist: DistContext | None = None,
         copy_stream: Any = None,
         stats: Stats | None = None,
+        filler: FreshFiller | None = None,
     ) -> None:
         self.files = files
         self.plan = plan
@@ -123,6 +127,12 @@ class Pipeline:
         self._done = 0
         # Small CPU copies are scattered by the reader thread right after its read.
         self._scatter_in_worker = self.cpu and copy and dist is None
+        # Other ranks' bytes arrive by a receive into the destination: no filler there.
+        self._fill = OwnFill(
+            filler or FreshFiller(),
+            pool,
+            enabled=copy and self.cpu and dist is None and not HUGE_DESTINATIONS,
+        )
         self._hashes = FileHashes(files, plan) if verify else None
 
     # ---------------------------------------------------------------- buffers
@@ -133,6 +143,9 @@ class Pipeline:
                 t = self.plan.tensors[r.own]
                 if self.copy:
                     buf = HostBuffer(t.own_len, huge=HUGE_DESTINATIONS)
+                    f = self.files[t.file]
+                    how = self._fill.prepare(r.own, f.bf, f.backend, buf)
+                    self.stats.count_fill(how.value)
                 else:
                     got = self.pool.try_acquire(t.own_len, force)
                     if got is None:
@@ -164,13 +177,13 @@ class Pipeline:
     # ---------------------------------------------------------------- reading
     def _work(self, r: Request, buf: HostBuffer, off: int) -> None:
         f = self.files[r.file]
+        if r.own >= 0:
+            self.stats.add(r.need, *self._fill.fill(r, f.bf, f.backend, buf, off))
+            return
         t0 = time.perf_counter()
-        if r.own >= 0 and _PREFAULT:
-            buf.prefault(off, r.length)
-        t1 = time.perf_counter()
-        f.bf.read_into(buf.mv[off : off + r.length], buf.addr + off, r.offset, r.need)
-        self.stats.add(r.need, t1 - t0, time.perf_counter() - t1)
-        if self._scatter_in_worker and r.own < 0:
+        f.bf.read_into(buf.mv[: r.length], buf.addr, r.offset, r.need)
+        self.stats.add(r.need, 0.0, time.perf_counter() - t0)
+        if self._scatter_in_worker:
             for p in r.pieces:
                 d = self._dest[p.tensor]
                 ctypes.memmove(d.data_ptr() + p.dst, buf.addr + p.src, p.length)
@@ -333,6 +346,7 @@ class Pipeline:
                 self._done = ri + 1
         if t.kind is Kind.OWN:
             buf = self._own.pop(t.index)
+            self._fill.release(t.index, buf)
             out = buf.view(t.start - t.own_base, t.nbytes, info.torch_dtype, info.shape)
             if not self.copy:
                 self._deferred.append(buf)
@@ -392,4 +406,6 @@ class Pipeline:
                 continue
             self.pool.release(buf)
         self._bufs.clear()
+        for own, buf in self._own.items():
+            self._fill.release(own, buf)
         self._device.drain()

@@ -25,6 +25,7 @@ from loader.errors import (
     LoaderError,
     LoaderIOError,
 )
+from loader.fill import FreshFiller
 from loader.format import TensorInfo, read_header
 from loader.memory import BufferPool, HostBuffer
 from loader.pipeline import OpenFile, Pipeline, Stats
@@ -98,6 +99,7 @@ class SafeOpen:
         self._executor: ThreadPoolExecutor | None = None
         self._pool: BufferPool | None = None
         self._stream: Any = None
+        self._filler = FreshFiller()
         self._lock = threading.Lock()
         self.last_stats: Stats | None = None
         try:
@@ -170,6 +172,7 @@ class SafeOpen:
             f.rf.close()
         self.files = []
         self._pool = None
+        self._filler.close()
 
     # ------------------------------------------------------------------ API
     def keys(self) -> list[str]:
@@ -264,6 +267,7 @@ class SafeOpen:
             dist=self.dist,
             copy_stream=self._stream,
             stats=stats,
+            filler=self._filler,
         )
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:

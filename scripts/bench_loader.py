@@ -7,8 +7,8 @@ read through the page cache before each run) and from tmpfs.  Every method keeps
 tensor it loaded, in memory it owns, until the clock stops (scripts/loader_methods.py says
 how for each).  Every measurement is a fresh process; the methods are interleaved in an
 order that changes with each repetition (`balanced_order`), one scenario after the other
-(so the tmpfs copies only take memory during their own), and the median is reported with
-each method's peak RSS.
+(so the tmpfs copies only take memory during their own), each scenario opening with one
+discarded run, and the median is reported with each method's peak RSS.
 
 Bounds, each a method of its own in the same rotation:
 
@@ -349,6 +349,16 @@ def main() -> None:
         # take no memory while the disk scenarios run.
         for scen in scenarios:
             ck = to_tmpfs(on_disk, shm) if scen == "tmpfs" else on_disk
+            # A discarded first run: whichever process comes first after the scenario's set-up
+            # (the tmpfs copies just written, the cache just dropped) pays for memory the VM
+            # has just handed back to its host, several times over (docs/benchmarks.md).
+            if scen == "disk-cold" and drop:
+                drop_caches()
+            elif scen == "disk-warm":
+                warm_cache(ck)
+            first = (extra[scen] or peers)[0]
+            warmup = run_child(first, ck, args.timeout, args.settle)
+            log.info("%-30s warm-up run, not recorded: %s", f"{scen}/{first}", warmup)
             for rep in range(args.repeat):
                 for m in balanced_order(peers + extra[scen], rep):
                     if m == "tensorizer" and ck.tensorizer is None:

@@ -70,6 +70,7 @@ def _loader(ck: Checkpoint, copy: bool, backend: str | None = None) -> Loaded:
                 read_s=s.read_s,
                 reader_threads=s.threads,
                 requests=s.requests,
+                fills=dict(s.fills),
                 backends=sorted(set(f.backends.values())),
             )
         return out

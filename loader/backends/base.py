@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import ctypes
 import errno
+import mmap
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -46,6 +48,10 @@ class BackendFile(abc.ABC):
         """Zero-copy bytes of the file, where the backend has them mapped."""
         return None
 
+    def mapped_address(self) -> int | None:
+        """Address of a mapping of the whole file, where the backend has one to copy from."""
+        return None
+
     def read_device(self, dst: torch.Tensor, offset: int) -> object:
         """Start reading ``dst.nbytes`` bytes at ``offset`` into device memory; returns a handle
         with ``.get()``.  Only device backends implement it."""
@@ -71,6 +77,19 @@ class Backend(abc.ABC):
         Raises:
             BackendUnavailableError: this backend cannot serve the file; the message says why.
         """
+
+
+class FileMapping:
+    """A private, never written mapping of a whole file, and its address.
+
+    Private and writable so that tensors can be zero-copy views of it (torch wants writable
+    memory); nothing writes, so every page stays the page cache's or the RAM tier's own.
+    """
+
+    def __init__(self, rf: ResolvedFile) -> None:
+        self.mm = mmap.mmap(rf.fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        # The ctypes object is dropped at once, so the mapping is not left exported.
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
 
 
 def unavailable(backend: str, rf: ResolvedFile, why: str) -> BackendUnavailableError:

@@ -2,29 +2,37 @@
 
 With ``copy=False`` on CPU, tensors are views of a private mapping: they share the RAM
 tier's pages and cost no extra memory (a write would copy just the touched page).  With a
-copy, the bytes are copied by the kernel (``preadv``) from the same pages, which avoids
-faulting the source mapping in page by page.
+copy, the bytes are copied out of the same mapping into fresh memory (``loader.fill``).
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 
-from loader.backends.base import Backend, BackendFile, OpenContext, pread_full, unavailable
+from loader.backends.base import (
+    Backend,
+    BackendFile,
+    FileMapping,
+    OpenContext,
+    pread_full,
+    unavailable,
+)
 from loader.tierfs import ResolvedFile
 
 log = logging.getLogger(__name__)
 
 
 class MappedFile(BackendFile):
-    def __init__(self, rf: ResolvedFile, mm: mmap.mmap) -> None:
+    def __init__(self, rf: ResolvedFile, mapping: FileMapping) -> None:
         super().__init__(rf)
-        self.mm = mm
-        self.mv = memoryview(mm)
+        self.mapping = mapping
+        self.mv = memoryview(mapping.mm)
 
     def read_into(self, buf: memoryview, addr: int, offset: int, need: int) -> None:
         pread_full(self.rf.fd, self.path, buf, offset, need)
+
+    def mapped_address(self) -> int | None:
+        return self.mapping.addr
 
     def view(self, offset: int, length: int) -> memoryview | None:
         return self.mv[offset : offset + length]
@@ -46,7 +54,7 @@ class MmapBackend(Backend):
 
     def open(self, rf: ResolvedFile, ctx: OpenContext) -> BackendFile:
         try:
-            mm = mmap.mmap(rf.fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mapping = FileMapping(rf)
         except (OSError, ValueError) as e:
             raise unavailable(self.name, rf, f"mmap failed ({e})") from e
-        return MappedFile(rf, mm)
+        return MappedFile(rf, mapping)
