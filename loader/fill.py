@@ -33,6 +33,7 @@ from loader.plan import Request
 log = logging.getLogger(__name__)
 
 PAGE = 4096
+_MADV_DONTNEED = 4
 _MADV_POPULATE_READ = 22
 _SYS_USERFAULTFD = {"x86_64": 323, "aarch64": 282}.get(os.uname().machine)
 _UFFD_USER_MODE_ONLY = 1
@@ -203,6 +204,13 @@ class FreshFiller:
             self._opened = True
 
 
+def unmap_pages(addr: int, n: int) -> None:
+    """Drop this process's mapping of the pages of ``[addr, addr + n)`` of a file mapping
+    that was only read (the file's pages stay where they are)."""
+    start = addr - addr % PAGE
+    _libc.madvise(start, n + (addr - start), _MADV_DONTNEED)
+
+
 def populate_read(addr: int, n: int) -> None:
     """Map ``[addr, addr + n)`` of a file mapping ahead of a copy out of it (best effort).
 
@@ -277,6 +285,9 @@ class OwnFill:
                 bf.read_into(
                     buf.mv[off + done : off + r.length], dst + done, r.offset + done, r.need - done
                 )
+            # Unmap the source pages again: mapped, they count in this process's RSS on top of
+            # the copy (the page cache or the RAM tier keeps them all the same).
+            unmap_pages(src + r.offset, r.need)
             return time.perf_counter() - t1, t1 - t0
         if how is Fill.BOUNCE:
             staging = self.pool.try_acquire(r.length, force=True)
