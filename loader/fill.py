@@ -26,15 +26,13 @@ import os
 import threading
 import time
 
-from loader.backends.base import BackendFile
+from loader.backends.base import BackendFile, pread_full
 from loader.memory import BufferPool, HostBuffer
 from loader.plan import Request
 
 log = logging.getLogger(__name__)
 
 PAGE = 4096
-_MADV_DONTNEED = 4
-_MADV_POPULATE_READ = 22
 _SYS_USERFAULTFD = {"x86_64": 323, "aarch64": 282}.get(os.uname().machine)
 _UFFD_USER_MODE_ONLY = 1
 _UFFD_API = 0xAA
@@ -44,6 +42,8 @@ _UFFDIO_REGISTER = 0xC020AA00
 _UFFDIO_UNREGISTER = 0x8010AA01
 _UFFDIO_COPY = 0xC028AA03
 _MODE_MISSING = 1
+_MADV_DONTNEED = 4
+_MADV_POPULATE_READ = 22
 # Populating a fresh destination with MADV_POPULATE_WRITE before an O_DIRECT read into it
 # keeps its faults out of the read's submission (LOADER_PREFAULT=0 turns it off).
 _PREFAULT = os.environ.get("LOADER_PREFAULT", "1") == "1"
@@ -204,41 +204,38 @@ class FreshFiller:
             self._opened = True
 
 
-def unmap_pages(addr: int, n: int) -> None:
-    """Drop this process's mapping of the pages of ``[addr, addr + n)`` of a file mapping
-    that was only read (the file's pages stay where they are)."""
-    start = addr - addr % PAGE
-    _libc.madvise(start, n + (addr - start), _MADV_DONTNEED)
-
-
-def populate_read(addr: int, n: int) -> None:
-    """Map ``[addr, addr + n)`` of a file mapping ahead of a copy out of it (best effort).
-
-    One call maps every page; taking them as faults inside the copy costs more.
-    """
-    start = addr - addr % PAGE
-    _libc.madvise(start, n + (addr - start), _MADV_POPULATE_READ)
-
-
 class Fill(enum.Enum):
     """How a reader fills a tensor's own, fresh memory."""
 
     READ = "read"  # read straight into it (O_DIRECT, or a copy by the kernel)
+    MAPPED = "mapped"  # a file in the page cache: copy out of a mapping of it
+    COPY = "copy"  # a file on tmpfs: read a piece at a time into a small buffer, then copy
     BOUNCE = "bounce"  # O_DIRECT into a reused huge-page staging buffer, then copy
-    MAPPED = "mapped"  # copy out of the file's mapping (page cache or a RAM tier)
+
+
+# Pieces of a copy from memory go through a buffer this size, which stays in the CPU cache.
+_PIECE = 1 << 20
 
 
 class OwnFill:
     """Chooses, for one pass, how each tensor's own memory is filled, and fills it.
 
     Used only for fresh destinations in 4 KiB pages (``enabled``); elsewhere every request
-    is read straight into its destination.
+    is read straight into its destination.  Both ways below end in ``UFFDIO_COPY`` from a
+    reused buffer, so no destination page is zeroed or faulted.
 
-    - A file the backend has mapped (tmpfs, a warm page cache) is copied out of the mapping.
+    - A file in the page cache (backend ``buffered``, which maps it) is copied out of the
+      mapping, one request at a time, and the request's source pages are unmapped again.
+      The page cache of ext4 and xfs holds large folios, mapped a folio at a time: measured
+      1.20x faster than the small-buffer copy below (4.45 GB, warm, 4 repetitions).
+    - A file on tmpfs (backend ``mmap``) is read a piece at a time into a small buffer of the
+      reader thread's, which stays in the CPU cache, and copied from there: tmpfs holds 4 KiB
+      pages, each mapped on its own, and this measured 1.11x faster than copying out of a
+      mapping (4.45 GB, 4 repetitions).
     - A file read with O_DIRECT is read into a reused huge-page staging buffer and copied
       from there: O_DIRECT into fresh 4 KiB pages is a DMA segment a page, which caps a
       virtio request at about 1 MiB, against 4 MiB into huge pages (measured 1.2-1.3 against
-      1.9-2.3 GB/s, cold).  The copy costs less CPU than the zeroing it replaces.
+      1.9-2.3 GB/s, cold).
     """
 
     def __init__(self, filler: FreshFiller, pool: BufferPool, *, enabled: bool) -> None:
@@ -246,15 +243,20 @@ class OwnFill:
         self.pool = pool
         self.enabled = enabled
         self._how: dict[int, tuple[Fill, bool]] = {}
+        self._local = threading.local()
 
     def prepare(self, own: int, bf: BackendFile, backend: str, buf: HostBuffer) -> Fill:
         """Choose how the fresh buffer ``buf`` of tensor ``own`` is filled (before any read)."""
         how = Fill.READ
         if self.enabled and bf.mapped_address() is not None:
             how = Fill.MAPPED
+        elif self.enabled and backend in ("mmap", "buffered"):
+            how = Fill.COPY
         elif self.enabled and backend == "direct":
             how = Fill.BOUNCE
         registered = how is not Fill.READ and self.filler.register(buf.addr, buf.size)
+        if not registered:
+            how = Fill.READ
         self._how[own] = (how, registered)
         return how
 
@@ -269,12 +271,12 @@ class OwnFill:
         Raises:
             LoaderIOError: the read failed or the file ended early.
         """
-        how, registered = self._how.get(r.own, (Fill.READ, False))
+        how, _ = self._how.get(r.own, (Fill.READ, False))
         dst = buf.addr + off
-        t0 = time.perf_counter()
-        if how is Fill.MAPPED and registered:
+        if how is Fill.MAPPED:
             src = bf.mapped_address()
             assert src is not None
+            t0 = time.perf_counter()
             populate_read(src + r.offset, r.need)
             t1 = time.perf_counter()
             done = self.filler.copy_registered(dst, src + r.offset, r.need)
@@ -282,26 +284,36 @@ class OwnFill:
                 # A file cut short under the mapping would SIGBUS a user-space copy: read the
                 # rest, which reports it as an error instead.
                 self.filler.unregister_from(dst + done, dst + r.length)
-                bf.read_into(
-                    buf.mv[off + done : off + r.length], dst + done, r.offset + done, r.need - done
+                pread_full(
+                    bf.rf.fd,
+                    bf.path,
+                    buf.mv[off + done : off + r.need],
+                    r.offset + done,
+                    r.need - done,
                 )
-            # Unmap the source pages again: mapped, they count in this process's RSS on top of
-            # the copy (the page cache or the RAM tier keeps them all the same).
+            # Mapped, the source pages would count in this process's RSS on top of the copy.
             unmap_pages(src + r.offset, r.need)
             return time.perf_counter() - t1, t1 - t0
+        if how is Fill.COPY:
+            piece = self._piece()
+            fill_s = read_s = 0.0
+            for pos in range(0, r.need, _PIECE):
+                n = min(_PIECE, r.need - pos)
+                t0 = time.perf_counter()
+                pread_full(bf.rf.fd, bf.path, piece.mv[:n], r.offset + pos, n)
+                t1 = time.perf_counter()
+                self._copy(dst + pos, piece.addr, n, dst + r.length)
+                fill_s += time.perf_counter() - t1
+                read_s += t1 - t0
+            return fill_s, read_s
+        t0 = time.perf_counter()
         if how is Fill.BOUNCE:
             staging = self.pool.try_acquire(r.length, force=True)
             assert staging is not None
             try:
                 bf.read_into(staging.mv[: r.length], staging.addr, r.offset, r.need)
                 t1 = time.perf_counter()
-                if registered:
-                    done = self.filler.copy_registered(dst, staging.addr, r.need)
-                    if done < r.need:
-                        self.filler.unregister_from(dst + done, dst + r.length)
-                        ctypes.memmove(dst + done, staging.addr + done, r.need - done)
-                else:
-                    ctypes.memmove(dst, staging.addr, r.need)
+                self._copy(dst, staging.addr, r.need, dst + r.length)
                 return time.perf_counter() - t1, t1 - t0
             finally:
                 self.pool.release(staging)
@@ -311,8 +323,39 @@ class OwnFill:
         bf.read_into(buf.mv[off : off + r.length], dst, r.offset, r.need)
         return t1 - t0, time.perf_counter() - t1
 
+    def _piece(self) -> HostBuffer:
+        piece: HostBuffer | None = getattr(self._local, "piece", None)
+        if piece is None:
+            piece = HostBuffer(_PIECE, huge=False)
+            piece.prefault()
+            self._local.piece = piece
+        return piece
+
+    def _copy(self, dst: int, src: int, n: int, end: int) -> None:
+        done = self.filler.copy_registered(dst, src, n)
+        if done < n:
+            # The rest must be ordinary memory before a user-space copy touches it.
+            self.filler.unregister_from(dst + done, end)
+            ctypes.memmove(dst + done, src + done, n - done)
+
     def release(self, own: int, buf: HostBuffer) -> None:
         """Every range of tensor ``own`` is filled (or abandoned): back to ordinary memory."""
         how = self._how.pop(own, None)
         if how is not None and how[1]:
             self.filler.unregister(buf.addr, buf.size)
+
+
+def unmap_pages(addr: int, n: int) -> None:
+    """Drop this process's mapping of the pages of ``[addr, addr + n)`` of a file mapping
+    that was only read (the file's pages stay where they are)."""
+    start = addr - addr % PAGE
+    _libc.madvise(start, n + (addr - start), _MADV_DONTNEED)
+
+
+def populate_read(addr: int, n: int) -> None:
+    """Map ``[addr, addr + n)`` of a file mapping ahead of a copy out of it (best effort).
+
+    One call maps every page; taking them as faults inside the copy costs more.
+    """
+    start = addr - addr % PAGE
+    _libc.madvise(start, n + (addr - start), _MADV_POPULATE_READ)

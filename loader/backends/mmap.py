@@ -2,7 +2,7 @@
 
 With ``copy=False`` on CPU, tensors are views of a private mapping: they share the RAM
 tier's pages and cost no extra memory (a write would copy just the touched page).  With a
-copy, the bytes are copied out of the same mapping into fresh memory (``loader.fill``).
+copy, the bytes are read (``preadv``) and copied into fresh memory (``loader.fill``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ class MappedFile(BackendFile):
 
     def read_into(self, buf: memoryview, addr: int, offset: int, need: int) -> None:
         pread_full(self.rf.fd, self.path, buf, offset, need)
-
-    def mapped_address(self) -> int | None:
-        return self.mapping.addr
 
     def view(self, offset: int, length: int) -> memoryview | None:
         return self.mv[offset : offset + length]
