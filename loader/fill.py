@@ -221,8 +221,8 @@ class OwnFill:
     """Chooses, for one pass, how each tensor's own memory is filled, and fills it.
 
     Used only for fresh destinations in 4 KiB pages (``enabled``); elsewhere every request
-    is read straight into its destination.  Both ways below end in ``UFFDIO_COPY`` from a
-    reused buffer, so no destination page is zeroed or faulted.
+    is read straight into its destination.  Each way below ends in ``UFFDIO_COPY``, so no
+    destination page is zeroed or faulted.
 
     - A file in the page cache (backend ``buffered``, which maps it) is copied out of the
       mapping, one request at a time, and the request's source pages are unmapped again.

@@ -124,11 +124,19 @@ def test_huge_destinations_are_read_straight_in(
     assert set(fills) == {"read"}
 
 
-def test_file_cut_short_mid_load_is_an_error_not_a_crash(fresh_fill: None) -> None:
-    path = SHM / f"tierfs-fill-cut-{os.getpid()}.safetensors"
+@pytest.mark.parametrize("where", ["tmpfs", "page cache"])
+def test_file_cut_short_mid_load_is_an_error_not_a_crash(
+    fresh_fill: None, tmp_path: Path, where: str
+) -> None:
+    # From the page cache the bytes are copied out of a mapping, where a file cut short
+    # would kill a user-space copy with SIGBUS.
+    base = SHM if where == "tmpfs" else tmp_path
+    path = base / f"tierfs-fill-cut-{os.getpid()}.safetensors"
     try:
         _model(path)
+        path.read_bytes()
         with loader.safe_open(path, copy=True, chunk_size="1M", threads=2) as f:
+            assert f.backends[str(path)] == ("mmap" if where == "tmpfs" else "buffered")
             os.truncate(path, os.path.getsize(path) // 3)
             with pytest.raises(LoaderIOError) as e:
                 dict(f.tensors())
