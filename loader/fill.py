@@ -12,8 +12,8 @@ range is filled, and nothing else touches it meanwhile: a registered page that i
 yet has no fault handler to wait for.  (Registering each range only for its own copy was
 tried: registering splits the mapping under the mmap lock, and the reader threads then
 serialised on it, slower than plain copies.)  Where userfaultfd is unavailable (an old
-kernel, a seccomp profile that refuses it) or a copy fails part way, the rest is copied with
-``memmove``: slower, never wrong.
+kernel, a seccomp profile that refuses it), ``OwnFill`` reads straight into the destination;
+where a copy stops part way, the rest is unregistered and copied or read the ordinary way.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ import threading
 import time
 
 from loader.backends.base import BackendFile, pread_full
-from loader.memory import BufferPool, HostBuffer
+from loader.memory import PAGE, BufferPool, HostBuffer, populate_read, unmap_pages
 from loader.plan import Request
 
 log = logging.getLogger(__name__)
 
-PAGE = 4096
 _SYS_USERFAULTFD = {"x86_64": 323, "aarch64": 282}.get(os.uname().machine)
 _UFFD_USER_MODE_ONLY = 1
 _UFFD_API = 0xAA
@@ -42,8 +41,6 @@ _UFFDIO_REGISTER = 0xC020AA00
 _UFFDIO_UNREGISTER = 0x8010AA01
 _UFFDIO_COPY = 0xC028AA03
 _MODE_MISSING = 1
-_MADV_DONTNEED = 4
-_MADV_POPULATE_READ = 22
 # Populating a fresh destination with MADV_POPULATE_WRITE before an O_DIRECT read into it
 # keeps its faults out of the read's submission (LOADER_PREFAULT=0 turns it off).
 _PREFAULT = os.environ.get("LOADER_PREFAULT", "1") == "1"
@@ -77,8 +74,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _libc.ioctl.restype = ctypes.c_int
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.madvise.restype = ctypes.c_int
 
 
 def _open_userfaultfd() -> int:
@@ -106,7 +101,7 @@ def _strerror() -> str:
 class FreshFiller:
     """Copies bytes into memory no one has touched yet, without zeroing it first.
 
-    One filler serves all reader threads of a session; ``copy`` is thread-safe.
+    One filler serves all reader threads of a session; its methods are thread-safe.
     """
 
     def __init__(self) -> None:
@@ -129,14 +124,14 @@ class FreshFiller:
         return self._fd
 
     def register(self, addr: int, size: int) -> bool:
-        """Claim the untouched buffer ``[addr, addr + size)`` for ``copy``.
+        """Claim the untouched buffer ``[addr, addr + size)`` for ``copy_registered``.
 
-        Until ``unregister``, nothing but ``copy`` may touch it: a page it has not filled
+        Until ``unregister``, nothing but ``copy_registered`` may touch it: a page it has not filled
         yet would fault into a handler that does not exist (the kernel's own accesses fail
         with EFAULT, a user access would wait for ever).
 
         Returns:
-            Whether the buffer was registered; if not, ``copy`` falls back to ``memmove``.
+            Whether the buffer was registered; if not, fill it the ordinary way.
         """
         fd = self._ensure()
         if fd < 0 or addr % PAGE or size % PAGE:
@@ -196,7 +191,7 @@ class FreshFiller:
         return min(done, n)
 
     def close(self) -> None:
-        """Release the userfaultfd (copies after this fall back to ``memmove``)."""
+        """Release the userfaultfd (``register`` refuses every buffer after this)."""
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -343,19 +338,3 @@ class OwnFill:
         how = self._how.pop(own, None)
         if how is not None and how[1]:
             self.filler.unregister(buf.addr, buf.size)
-
-
-def unmap_pages(addr: int, n: int) -> None:
-    """Drop this process's mapping of the pages of ``[addr, addr + n)`` of a file mapping
-    that was only read (the file's pages stay where they are)."""
-    start = addr - addr % PAGE
-    _libc.madvise(start, n + (addr - start), _MADV_DONTNEED)
-
-
-def populate_read(addr: int, n: int) -> None:
-    """Map ``[addr, addr + n)`` of a file mapping ahead of a copy out of it (best effort).
-
-    One call maps every page; taking them as faults inside the copy costs more.
-    """
-    start = addr - addr % PAGE
-    _libc.madvise(start, n + (addr - start), _MADV_POPULATE_READ)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 _HUGE = 2 << 20
+_MADV_DONTNEED = 4
+_MADV_POPULATE_READ = 22
 _MADV_POPULATE_WRITE = 23
 # virtio-balloon's VIRTIO_BALLOON_F_REPORTING: sysfs lists feature bits as '0'/'1', bit 0 first.
 _BALLOON_FEATURES = "/sys/bus/virtio/drivers/virtio_balloon/virtio*/features"
@@ -64,6 +66,18 @@ _libc.madvise.restype = ctypes.c_int
 def _madvise(addr: int, length: int, advice: int) -> None:
     start = addr - addr % PAGE
     _libc.madvise(start, length + (addr - start), advice)
+
+
+def populate_read(addr: int, length: int) -> None:
+    """Map ``[addr, addr + length)`` of a file mapping ahead of a copy out of it (best
+    effort): one call maps every page, where faults inside the copy would take one each."""
+    _madvise(addr, length, _MADV_POPULATE_READ)
+
+
+def unmap_pages(addr: int, length: int) -> None:
+    """Drop this process's mapping of the pages of ``[addr, addr + length)`` of a file
+    mapping that was only read (the file's pages stay where they are)."""
+    _madvise(addr, length, _MADV_DONTNEED)
 
 
 class HostBuffer:

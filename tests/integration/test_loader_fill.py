@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 import loader
 import loader.pipeline
 from loader.errors import LoaderIOError
-from loader.fill import PAGE, FreshFiller
-from loader.memory import HostBuffer
+from loader.fill import FreshFiller
+from loader.memory import PAGE, HostBuffer
 from tests.loader_testutil import digest, random_tensor
 
 SHM = Path("/dev/shm")
