@@ -152,6 +152,14 @@ def warm_cache(ck: Checkpoint) -> None:
                 pass
 
 
+def before_sample(scen: str, ck: Checkpoint, drop: bool) -> None:
+    """Put the page cache in the scenario's state: empty cold, holding the files warm."""
+    if scen == "disk-cold" and drop:
+        drop_caches()
+    elif scen == "disk-warm":
+        warm_cache(ck)
+
+
 def run_child(
     method: str, ck: Checkpoint, timeout: int, settle: float, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -356,10 +364,7 @@ def main() -> None:
             # A discarded first run: whichever process comes first after the scenario's set-up
             # (the tmpfs copies just written, the cache just dropped) pays for memory the VM
             # has just handed back to its host, several times over (docs/benchmarks.md).
-            if scen == "disk-cold" and drop:
-                drop_caches()
-            elif scen == "disk-warm":
-                warm_cache(ck)
+            before_sample(scen, ck, drop)
             first = (extra[scen] or peers)[0]
             warmup = run_child(first, ck, args.timeout, args.settle)
             log.info("%-30s warm-up run, not recorded: %s", f"{scen}/{first}", warmup)
@@ -367,10 +372,7 @@ def main() -> None:
                 for m in balanced_order(peers + extra[scen], rep):
                     if m == "tensorizer" and ck.tensorizer is None:
                         continue
-                    if scen == "disk-cold" and drop:
-                        drop_caches()
-                    elif scen == "disk-warm":
-                        warm_cache(ck)
+                    before_sample(scen, ck, drop)
                     record(results, scen, m, rep, run_child(m, ck, args.timeout, args.settle))
             if scen == "tmpfs":
                 shutil.rmtree(shm, ignore_errors=True)
