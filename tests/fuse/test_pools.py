@@ -181,22 +181,28 @@ def test_disconnected_pool_stays_down_across_restart(live: Mount) -> None:
     assert pools(live)[POOL]["state"] == "connected"
 
 
+def kill_at_fault(live: Mount, action: str, point: str) -> None:
+    """Restart the daemon paused at fault ``point``, ask for ``action`` on the pool, and
+    SIGKILL it once the pause is reached; it is left stopped, with the pause unset."""
+    live.stop()
+    live.extra_env["TIERFS_FAULT_PAUSE"] = point
+    live.start()
+    with cu.control(live) as client:
+        client.pool_action(POOL, action)
+    cu.wait_for_log(live, f"fault point {point} reached")
+    live.kill()
+    live.cleanup()
+    del live.extra_env["TIERFS_FAULT_PAUSE"]
+
+
 def test_crash_mid_disconnect_is_finished_at_the_next_start(
     live: Mount, mount_factory: MountFactory
 ) -> None:
     want: dict[str, str] = live.want  # type: ignore[attr-defined]
     path = Path(pools(live)[POOL]["path"])
     assert tu.promote_wait(live.state_dir, model("a"))["state"] == "done"
-    live.stop()
-    live.extra_env["TIERFS_FAULT_PAUSE"] = "pool_disconnect_close"
-    live.start()
-    with cu.control(live) as client:
-        client.pool_action(POOL, "disconnect")
-    cu.wait_for_log(live, "fault point pool_disconnect_close reached")
-    live.kill()
-    live.cleanup()
+    kill_at_fault(live, "disconnect", "pool_disconnect_close")
     assert os.path.ismount(path)  # killed before its demotions and unmount
-    del live.extra_env["TIERFS_FAULT_PAUSE"]
     live.start()
     assert not os.path.ismount(path)
     assert pools(live)[POOL]["state"] == "disconnected"
@@ -277,16 +283,8 @@ def test_crash_mid_connect_is_resumed_at_the_next_start(live: Mount) -> None:
     want: dict[str, str] = live.want  # type: ignore[attr-defined]
     path = Path(pools(live)[POOL]["path"])
     tu.cli_ok(live.config, "pool", "disconnect", POOL)
-    live.stop()
-    live.extra_env["TIERFS_FAULT_PAUSE"] = "pool_connect_mount"
-    live.start()
-    with cu.control(live) as client:
-        client.pool_action(POOL, "connect")
-    cu.wait_for_log(live, "fault point pool_connect_mount reached")
-    live.kill()
-    live.cleanup()
+    kill_at_fault(live, "connect", "pool_connect_mount")
     assert os.path.ismount(path)  # mounted, but never opened for copies
-    del live.extra_env["TIERFS_FAULT_PAUSE"]
     live.start()
     assert pools(live)[POOL]["state"] == "connected"
     assert tu.promote_wait(live.state_dir, model("a"))["state"] == "done"
