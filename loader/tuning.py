@@ -13,6 +13,7 @@ import torch
 
 from loader import tierfs
 from loader.arguments import env_int, parse_size
+from loader.backends.gds import native_gds
 from loader.errors import ConfigError
 from loader.pagecache import page_cache_fraction
 from loader.pipeline import OpenFile
@@ -34,15 +35,13 @@ class Tuning:
 def auto_candidates(rf: tierfs.ResolvedFile, device: torch.device) -> list[str]:
     """Backend order chosen from the (backing) file system, the device and the page cache."""
     cands: list[str] = []
-    if device.type == "cuda" and rf.fs not in tierfs.MEMORY_FS:
-        try:
-            import kvikio  # noqa: F401
-
-            cands.append("gds")
-        except ImportError:
-            pass
+    # Without the GDS driver kvikio does POSIX reads into bounce buffers, on one thread
+    # unless KVIKIO_NTHREADS says otherwise: the staging ring's own readers do the same
+    # bounce, tuned to the storage.  (Seen on an H200 without nvidia-fs, docs/benchmarks.md.)
+    if device.type == "cuda" and rf.fs not in tierfs.MEMORY_FS and native_gds():
+        cands.append("gds")
     if rf.fs in tierfs.MEMORY_FS:
-        return [*cands, "mmap", "buffered"]
+        return ["mmap", "buffered"]
     if rf.fs == "fuse":
         # Reading through a FUSE mount (tierfs fallback): the page cache path is the safe one.
         return [*cands, "buffered"]

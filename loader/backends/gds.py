@@ -18,6 +18,29 @@ log = logging.getLogger(__name__)
 _compat_logged = False
 
 
+def compat_mode() -> bool:
+    """Whether kvikio would bounce reads through host memory (no GDS driver), which the
+    loader's own pinned staging ring does as well, with its own tuned readers.
+
+    Raises:
+        ImportError: kvikio is not installed.
+    """
+    import kvikio.defaults  # a submodule: ``import kvikio`` alone does not bind it
+
+    try:
+        return bool(kvikio.defaults.is_compat_mode_preferred())
+    except AttributeError:  # kvikio before 24.10
+        return bool(getattr(kvikio.defaults, "compat_mode", lambda: False)())
+
+
+def native_gds() -> bool:
+    """Whether kvikio is installed and reads go straight from storage into GPU memory."""
+    try:
+        return not compat_mode()
+    except (ImportError, OSError, RuntimeError):  # absent, or its library fails to load
+        return False
+
+
 class GdsFile(BackendFile):
     def __init__(self, rf: ResolvedFile, handle: Any) -> None:
         super().__init__(rf)
@@ -57,11 +80,7 @@ class GdsBackend(Backend):
             raise unavailable(
                 self.name, rf, "kvikio is not installed (pip install 'tierfs[gds]')"
             ) from e
-        try:
-            compat = bool(kvikio.defaults.is_compat_mode_preferred())
-        except AttributeError:
-            compat = bool(getattr(kvikio.defaults, "compat_mode", lambda: False)())
-        if compat and not _compat_logged:
+        if compat_mode() and not _compat_logged:
             _compat_logged = True
             log.info(
                 "kvikio runs in compatibility mode (no GDS driver): reads are bounced "

@@ -146,3 +146,22 @@ def test_fs_type_of_real_paths(tmp_path: Path) -> None:
     assert tierfs.fs_type("/dev/shm") in ("tmpfs", "ramfs")
     assert tierfs.fs_type(str(tmp_path)) != "unknown"
     assert tierfs.mount_root("/dev/shm/x") == "/dev/shm"
+
+
+@pytest.mark.parametrize(("native", "first"), [(True, "gds"), (False, "direct")])
+def test_gds_is_chosen_for_a_gpu_only_where_reads_skip_host_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, first: str
+) -> None:
+    # kvikio in compatibility mode bounces through host memory like the staging ring, on
+    # one thread by default: the loader's own readers go first there.
+    plain = tmp_path / "m.safetensors"
+    make(plain)
+    monkeypatch.setattr(tierfs, "fs_type", lambda p: "ext4")
+    monkeypatch.setattr("loader.tuning.page_cache_fraction", lambda fd, n: 0.0)
+    monkeypatch.setattr("loader.tuning.native_gds", lambda: native)
+    rf = tierfs.resolve(str(plain))
+    try:
+        assert auto_candidates(rf, torch.device("cuda", 0))[0] == first
+        assert "gds" not in auto_candidates(rf, torch.device("cpu"))
+    finally:
+        rf.close()
