@@ -16,7 +16,9 @@ Bounds, each a method of its own in the same rotation:
 - ``bound-copy-fresh`` (warm, tmpfs): a copy from the page cache or tmpfs into fresh, kept
   memory;
 - ``bound-io-only`` (cold): O_DIRECT into reused buffers, the storage alone; no load into
-  owned memory can reach it, because it touches no fresh memory.
+  owned memory can reach it, because it touches no fresh memory;
+- ``bound-h2d`` (CUDA): pinned host memory copied into fresh GPU memory, the link alone.
+  A CUDA load is bounded by the slower of the storage and the link.
 
 ``loader-views`` (tmpfs only) is the loader with ``copy=False``: views of the hot copy's
 pages, zero added RSS, reported apart because it reads nothing until a tensor is used.
@@ -62,7 +64,11 @@ EXTRA = {
     "disk-warm": ["bound-copy-fresh", "bound-direct-fresh"],
     "tmpfs": ["bound-copy-fresh", "loader-views"],
 }
-CUDA_EXTRA = {"disk-cold": ["bound-io-only"], "disk-warm": [], "tmpfs": []}
+CUDA_EXTRA = {
+    "disk-cold": ["bound-io-only", "bound-h2d"],
+    "disk-warm": ["bound-h2d"],
+    "tmpfs": ["bound-h2d"],
+}
 
 
 # --------------------------------------------------------------------------- one measurement
@@ -118,7 +124,12 @@ def _child(method: str, ck: Checkpoint, settle: float) -> dict[str, Any]:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    want = torch.device(ck.device).type
     out = {
+        # Tensors that did not land on the device asked for (a fair load has none).
+        "off_device": sum(
+            1 for v in keep.values() if isinstance(v, torch.Tensor) and v.device.type != want
+        ),
         "bytes": loaded_bytes(keep),
         "seconds": dt,
         "tensors": len(keep),
@@ -239,7 +250,15 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for dist in ("torch", "safetensors", "fastsafetensors", "runai-model-streamer", "tensorizer"):
+    for dist in (
+        "torch",
+        "safetensors",
+        "fastsafetensors",
+        "runai-model-streamer",
+        "tensorizer",
+        "instanttensor",
+        "kvikio-cu13",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

@@ -74,11 +74,18 @@ def ratios(
             f"in GB/s; CPU seconds, least-CPU peer ({thrift}) / loader "
             f"{c['median_cpu_s'] / mine['median_cpu_s']:.2f}x"
         )
-        # The fresh-memory bound of the scenario is the faster of its bounds.
-        bounds = [(m, cell[m]) for m in extra[scen] if m.endswith("-fresh")]
-        bounds = [(m, b) for m, b in bounds if "median_gbps" in b]
+        # Into CPU memory the bound is the faster fresh-memory bound; into GPU memory it is
+        # the slower of the storage and the link, a pipeline being as fast as its worst stage.
+        cuda = "gpu" in results["machine"]
+        names = (
+            ["bound-io-only", "bound-h2d"]
+            if cuda
+            else [m for m in extra[scen] if m.endswith("-fresh")]
+        )
+        bounds = [(m, cell[m]) for m in names if "median_gbps" in cell.get(m, {})]
         if bounds:
-            bm, b = max(bounds, key=lambda x: x[1]["median_gbps"])
+            pick = min if cuda else max
+            bm, b = pick(bounds, key=lambda x: x[1]["median_gbps"])
             line += f"; loader / {bm} {mine['median_gbps'] / b['median_gbps']:.2f}x"
         out.append(line)
     return out

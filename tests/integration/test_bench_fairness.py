@@ -218,6 +218,7 @@ def test_io_only_bound_keeps_nothing(
 
 def test_every_method_is_checked() -> None:
     """A method added to the harness is added here too (or it is not checked for fairness)."""
-    checked = set(OWNING) | {"loader-views", "bound-io-only", "instanttensor"}
+    # instanttensor and bound-h2d need CUDA: tests/integration/test_loader_cuda.py.
+    checked = set(OWNING) | {"loader-views", "bound-io-only", "instanttensor", "bound-h2d"}
     assert set(lm.METHODS) == checked
     assert importlib.import_module("loader_methods") is lm

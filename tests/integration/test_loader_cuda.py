@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,17 @@ def test_cuda_ranks_split_reading(
         reads.append(res["read"])
     assert sum(reads) <= p.stat().st_size + world * 2 * (1 << 20)
     assert min(reads) > 0
+
+
+def test_bench_link_bound_keeps_fresh_gpu_memory_per_file(
+    ckpt: tuple[Path, dict[str, object]],
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import loader_methods as lm
+
+    p, _ = ckpt
+    keep = lm.bound_h2d(lm.Checkpoint([str(p)], None, "cuda:0"))
+    torch.cuda.synchronize()
+    assert list(keep) == [str(p)]
+    assert keep[str(p)].device.type == "cuda"
+    assert keep[str(p)].numel() == p.stat().st_size
