@@ -41,7 +41,7 @@ def auto_candidates(rf: tierfs.ResolvedFile, device: torch.device) -> list[str]:
     if device.type == "cuda" and rf.fs not in tierfs.MEMORY_FS and native_gds():
         cands.append("gds")
     if rf.fs in tierfs.MEMORY_FS:
-        return ["mmap", "buffered"]
+        return [*cands, "mmap", "buffered"]
     if rf.fs == "fuse":
         # Reading through a FUSE mount (tierfs fallback): the page cache path is the safe one.
         return [*cands, "buffered"]

@@ -218,7 +218,8 @@ def test_io_only_bound_keeps_nothing(
 
 def test_every_method_is_checked() -> None:
     """A method added to the harness is added here too (or it is not checked for fairness)."""
-    # instanttensor and bound-h2d need CUDA: tests/integration/test_loader_cuda.py.
+    # instanttensor and bound-h2d need CUDA: tests/integration/test_loader_cuda.py checks
+    # them, with the other peers, on a GPU.
     checked = set(OWNING) | {"loader-views", "bound-io-only", "instanttensor", "bound-h2d"}
     assert set(lm.METHODS) == checked
     assert importlib.import_module("loader_methods") is lm

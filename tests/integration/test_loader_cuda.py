@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -147,12 +148,49 @@ def test_cuda_ranks_split_reading(
     assert min(reads) > 0
 
 
+def _bench_methods() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import loader_methods
+
+    return loader_methods
+
+
+# The CUDA benchmark's peers and the import each needs; one not installed is skipped, named.
+CUDA_PEERS = {
+    "loader": "loader",
+    "safetensors": "safetensors",
+    "fastsafetensors": "fastsafetensors",
+    "runai": "runai_model_streamer",
+    "instanttensor": "instanttensor",
+}
+
+
+@pytest.mark.parametrize("method", sorted(CUDA_PEERS))
+def test_bench_method_keeps_every_tensor_on_the_gpu_with_the_file_bytes(
+    tmp_path: Path, method: str
+) -> None:
+    pytest.importorskip(CUDA_PEERS[method])
+    lm = _bench_methods()
+    # The dtypes every peer reads (the benchmark's checkpoint is bf16), not all of ours.
+    g = torch.Generator().manual_seed(3)
+    d = {
+        "big": random_tensor(torch.bfloat16, (4096, 1024), g),
+        "half": random_tensor(torch.float16, (333, 77), g),
+        "norm": random_tensor(torch.float32, (4096,), g),
+    }
+    p = tmp_path / "peers.safetensors"
+    save_file(d, str(p))
+    expected = {k: digest(v) for k, v in d.items()}
+    keep = lm.METHODS[method](lm.Checkpoint([str(p)], None, "cuda:0"))
+    torch.cuda.synchronize()
+    assert {k: v.device.type for k, v in keep.items()} == dict.fromkeys(expected, "cuda")
+    assert {k: digest(v) for k, v in keep.items()} == expected
+
+
 def test_bench_link_bound_keeps_fresh_gpu_memory_per_file(
     ckpt: tuple[Path, dict[str, object]],
 ) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    import loader_methods as lm
-
+    lm = _bench_methods()
     p, _ = ckpt
     keep = lm.bound_h2d(lm.Checkpoint([str(p)], None, "cuda:0"))
     torch.cuda.synchronize()
