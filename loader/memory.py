@@ -97,9 +97,12 @@ class HostBuffer:
         self.event: Any = None
         self._keep: Any
         if pinned:
-            # Pinned allocations are page-aligned in practice; over-allocate one page so the
-            # O_DIRECT alignment holds even where they are not.
-            raw = torch.empty(size + PAGE, dtype=torch.uint8, pin_memory=True)
+            # torch's pinned allocator gives each request a cudaHostAlloc block of its own,
+            # page-aligned and rounded up to a power of two: one page more "for alignment"
+            # would pin 16 MiB for every 8 MiB chunk.  Over-allocate only if it was not aligned.
+            raw = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            if raw.data_ptr() % PAGE:
+                raw = torch.empty(size + PAGE, dtype=torch.uint8, pin_memory=True)
             skew = (-raw.data_ptr()) % PAGE
             self.tensor = raw[skew : skew + size]
             self.addr = self.tensor.data_ptr()

@@ -197,3 +197,17 @@ def test_bench_link_bound_keeps_fresh_gpu_memory_per_file(
     assert list(keep) == [str(p)]
     assert keep[str(p)].device.type == "cuda"
     assert keep[str(p)].numel() == p.stat().st_size
+
+
+def test_pinned_staging_pins_what_it_asks_for_page_aligned() -> None:
+    from loader.memory import PAGE, HostBuffer
+
+    def active() -> int:
+        return int(torch.cuda.host_memory_stats().get("active_bytes.current", 0))
+
+    before = active()
+    buf = HostBuffer(8 << 20, pinned=True)
+    assert buf.addr % PAGE == 0
+    assert buf.size == 8 << 20
+    # Not 16 MiB: the allocator rounds every request up to a power of two.
+    assert active() - before == 8 << 20
