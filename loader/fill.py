@@ -27,7 +27,14 @@ import threading
 import time
 
 from loader.backends.base import BackendFile, pread_full
-from loader.memory import PAGE, BufferPool, HostBuffer, populate_read, unmap_pages
+from loader.memory import (
+    HUGE_DESTINATIONS,
+    PAGE,
+    BufferPool,
+    HostBuffer,
+    populate_read,
+    unmap_pages,
+)
 from loader.plan import Request
 
 log = logging.getLogger(__name__)
@@ -210,6 +217,13 @@ class Fill(enum.Enum):
 
 # Pieces of a copy from memory go through a buffer this size, which stays in the CPU cache.
 _PIECE = 1 << 20
+
+
+def fresh_fills(copy: bool, cpu: bool, distributed: bool) -> bool:
+    """Whether a pass fills its tensors' own memory through ``OwnFill`` (which copies each
+    chunk after reading it): owned CPU tensors in 4 KiB pages, outside a process group, where
+    other ranks' bytes arrive by a collective straight into the destination."""
+    return copy and cpu and not distributed and not HUGE_DESTINATIONS
 
 
 class OwnFill:

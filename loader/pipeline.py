@@ -24,7 +24,7 @@ import torch
 from loader.backends.base import BackendFile
 from loader.devicereads import DeviceReads
 from loader.distributed import DistContext
-from loader.fill import FreshFiller, OwnFill
+from loader.fill import FreshFiller, OwnFill, fresh_fills
 from loader.format import Header
 from loader.memory import HUGE_DESTINATIONS, BufferPool, HostBuffer, tensor_bytes
 from loader.plan import Kind, Plan, PlannedTensor, Request
@@ -131,7 +131,7 @@ class Pipeline:
         self._fill = OwnFill(
             filler or FreshFiller(),
             pool,
-            enabled=copy and self.cpu and dist is None and not HUGE_DESTINATIONS,
+            enabled=fresh_fills(copy, self.cpu, dist is not None),
         )
         self._hashes = FileHashes(files, plan) if verify else None
 

@@ -25,7 +25,7 @@ from loader.errors import (
     LoaderError,
     LoaderIOError,
 )
-from loader.fill import FreshFiller
+from loader.fill import FreshFiller, fresh_fills
 from loader.format import TensorInfo, read_header
 from loader.memory import BufferPool, HostBuffer
 from loader.pipeline import OpenFile, Pipeline, Stats
@@ -105,7 +105,14 @@ class SafeOpen:
         try:
             for p in self.paths:
                 self._open_one(p)
-            self.tuning = derive_tuning(self.files, threads, chunk_size, staging_size, buffer_size)
+            self.tuning = derive_tuning(
+                self.files,
+                threads,
+                chunk_size,
+                staging_size,
+                buffer_size,
+                fresh_fills=fresh_fills(copy, self.device.type == "cpu", self.dist is not None),
+            )
         except BaseException:
             self.close()
             raise

@@ -117,6 +117,7 @@ def test_huge_destinations_are_read_straight_in(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(loader.pipeline, "HUGE_DESTINATIONS", True)
+    monkeypatch.setattr(loader.fill, "HUGE_DESTINATIONS", True)
     path = tmp_path / "m.safetensors"
     want = _model(path)
     got, fills = _load(path, backend="direct")

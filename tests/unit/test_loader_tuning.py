@@ -63,6 +63,23 @@ def test_overrides_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert f.tuning.threads == 5 and f.tuning.chunks == [2 << 20]
 
 
+@pytest.mark.parametrize(("copy", "threads"), [(True, 12), (False, 8)])
+def test_readers_that_copy_after_reading_get_four_more_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: bool, threads: int
+) -> None:
+    # Cold O_DIRECT into owned CPU tensors bounces each chunk into fresh memory after the
+    # read; views (copy=False) are read straight into their buffer.
+    p = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(4)}, str(p))
+    monkeypatch.setattr("loader.fill.HUGE_DESTINATIONS", False)
+    monkeypatch.setattr(
+        tierfs, "storage_profile", lambda path, fs: tierfs.StorageProfile(fs, False, 1280)
+    )
+    with loader.safe_open(p, backend="direct", copy=copy) as f:
+        assert f.tuning.threads == threads
+        assert f.tuning.chunks == [16 << 20]
+
+
 class CountingFile(BackendFile):
     reads = 0
 
