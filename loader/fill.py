@@ -251,7 +251,8 @@ class OwnFill:
         self.filler = filler
         self.pool = pool
         self.enabled = enabled
-        self._how: dict[int, tuple[Fill, bool]] = {}
+        # Every way but READ fills a buffer registered with the filler.
+        self._how: dict[int, Fill] = {}
         self._local = threading.local()
 
     def prepare(self, own: int, bf: BackendFile, backend: str, buf: HostBuffer) -> Fill:
@@ -263,10 +264,9 @@ class OwnFill:
             how = Fill.COPY
         elif self.enabled and backend == "direct":
             how = Fill.BOUNCE
-        registered = how is not Fill.READ and self.filler.register(buf.addr, buf.size)
-        if not registered:
+        if how is not Fill.READ and not self.filler.register(buf.addr, buf.size):
             how = Fill.READ
-        self._how[own] = (how, registered)
+        self._how[own] = how
         return how
 
     def fill(
@@ -280,7 +280,7 @@ class OwnFill:
         Raises:
             LoaderIOError: the read failed or the file ended early.
         """
-        how, _ = self._how.get(r.own, (Fill.READ, False))
+        how = self._how.get(r.own, Fill.READ)
         dst = buf.addr + off
         if how is Fill.MAPPED:
             src = bf.mapped_address()
@@ -349,6 +349,5 @@ class OwnFill:
 
     def release(self, own: int, buf: HostBuffer) -> None:
         """Every range of tensor ``own`` is filled (or abandoned): back to ordinary memory."""
-        how = self._how.pop(own, None)
-        if how is not None and how[1]:
+        if self._how.pop(own, Fill.READ) is not Fill.READ:
             self.filler.unregister(buf.addr, buf.size)
