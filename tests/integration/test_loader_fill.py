@@ -167,7 +167,7 @@ def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):
             return int(line.split()[1]) * 1024
-loader.pipeline.HUGE_DESTINATIONS = False
+loader.pipeline.HUGE_DESTINATIONS = loader.fill.HUGE_DESTINATIONS = False
 before = hwm()
 with loader.safe_open(sys.argv[1], copy=True, chunk_size="4M", threads=2) as f:
     kept = dict(f.tensors())
